@@ -1,0 +1,41 @@
+"""Site-side commands: `consortia node ...`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from consortia.client.node import start_node_processes, supervise
+from consortia.common.processes import ProcessGroup, stop_on_sigterm
+from consortia.common.settings import load_site_settings
+
+__all__ = ["register"]
+
+node_app = typer.Typer(help="Run a hospital's node beside its data.", no_args_is_help=True)
+
+
+@node_app.command("start")
+def node_start(
+    site_config: Path = typer.Option(..., "--site-config", help="The site's TOML config."),
+    runtime_port: int | None = typer.Option(
+        None, help="Local port of the SuperNode's Runtime API (overrides [node].runtime_port)."
+    ),
+    num_threads: int | None = typer.Option(None, help="Torch threads per task."),
+) -> None:
+    """Start this site's Flower SuperNode and executor; runs until Ctrl-C."""
+    site = load_site_settings(site_config)
+    stop_on_sigterm()
+    with ProcessGroup() as group:
+        start_node_processes(
+            group, site, site_config, runtime_port=runtime_port, num_threads=num_threads
+        )
+        try:
+            supervise(group)
+        except KeyboardInterrupt:
+            typer.echo("stopping node")
+
+
+def register(app: typer.Typer) -> None:
+    """Entry point of the `consortia.cli` group."""
+    app.add_typer(node_app, name="node")

@@ -1,0 +1,134 @@
+"""Local training and evaluation at a site: plain PyTorch on the site's arrays."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from consortia.client.site_data import SiteArrays
+from consortia.common.device import autocast
+from consortia.common.metrics import (
+    ClassificationMetricAccumulator,
+    SegmentationMetricAccumulator,
+)
+from consortia.common.settings import Task
+
+__all__ = ["EvalResult", "TrainResult", "evaluate_local", "normalize_images", "train_local"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a site reports about its local training (no per-case data)."""
+
+    num_examples: int
+    mean_loss: float
+    compute_s: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Sums and counts that the server combines exactly across sites."""
+
+    sums: dict[str, float]
+    histograms: dict[str, list[float]]
+    compute_s: float
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """Per-image, per-channel z-score: removes each site's intensity scale and offset."""
+    dims = tuple(range(2, images.ndim))
+    mean = images.mean(dim=dims, keepdim=True)
+    std = images.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return (images - mean) / std
+
+
+def _loss_fn(task: Task) -> nn.Module:
+    if task is Task.SEGMENTATION:
+        # Background excluded from the Dice term: lesions cover a few % of the pixels.
+        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    return nn.CrossEntropyLoss()
+
+
+def _loader(data: SiteArrays, batch_size: int, shuffle: bool, seed: int) -> DataLoader[tuple]:
+    dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(data.targets))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def train_local(
+    model: nn.Module,
+    data: SiteArrays,
+    task: Task,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    device: torch.device,
+) -> TrainResult:
+    """Run `epochs` local epochs of Adam on the site's training split."""
+    if len(data) == 0:
+        raise ValueError("the training split is empty")
+    torch.manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    loss_fn = _loss_fn(task)
+    loader = _loader(data, batch_size, shuffle=True, seed=seed)
+    start = time.perf_counter()
+    total_loss, batches = 0.0, 0
+    for _ in range(epochs):
+        for images, targets in loader:
+            images = normalize_images(images.to(device))
+            targets = targets.to(device)
+            if task is Task.SEGMENTATION:
+                targets = targets.unsqueeze(1)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                loss = loss_fn(model(images), targets)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach())
+            batches += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    compute_s = time.perf_counter() - start
+    return TrainResult(len(data), total_loss / max(batches, 1), compute_s)
+
+
+@torch.no_grad()
+def evaluate_local(
+    model: nn.Module,
+    data: SiteArrays,
+    task: Task,
+    *,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    surface_distances: bool = True,
+) -> EvalResult:
+    """Metric sums and counts of `model` on the given split (nothing per case leaves)."""
+    model.to(device).eval()
+    start = time.perf_counter()
+    loader = _loader(data, batch_size, shuffle=False, seed=0)
+    if task is Task.SEGMENTATION:
+        seg = SegmentationMetricAccumulator(
+            num_classes=num_classes, surface_distances=surface_distances
+        )
+        for images, targets in loader:
+            with autocast(device):
+                logits = model(normalize_images(images.to(device)))
+            seg.update(logits.float().argmax(dim=1).cpu(), targets)
+        return EvalResult(seg.summary(), {}, time.perf_counter() - start)
+    cls = ClassificationMetricAccumulator(num_classes=num_classes)
+    for images, targets in loader:
+        with autocast(device):
+            logits = model(normalize_images(images.to(device)))
+        cls.update(torch.softmax(logits.float(), dim=1).cpu(), targets)
+    histograms = {key: list(np.asarray(value, dtype=float)) for key, value in cls.histograms().items()}
+    return EvalResult(cls.summary(), histograms, time.perf_counter() - start)

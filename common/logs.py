@@ -1,0 +1,44 @@
+"""Logging for every Consortia process: rich on a terminal, plain UTC lines in files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from rich.logging import RichHandler
+
+__all__ = ["UTCFormatter", "add_file_handler", "setup_logging"]
+
+
+class UTCFormatter(logging.Formatter):
+    """ISO-8601 timestamps in UTC, whatever the machine's time zone."""
+
+    converter = time.gmtime
+
+    def __init__(self) -> None:
+        super().__init__(
+            fmt="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Configure the `consortia` logger once: rich console output on stderr."""
+    logger = logging.getLogger("consortia")
+    logger.setLevel(level)
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="%X")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+def add_file_handler(path: Path, level: int = logging.INFO) -> logging.Handler:
+    """Also write `consortia` logs to a file (UTC timestamps); returns the handler."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(UTCFormatter())
+    handler.setLevel(level)
+    logging.getLogger("consortia").addHandler(handler)
+    return handler

@@ -1,0 +1,182 @@
+"""Start, watch and stop the long-running processes of a deployment (SuperLink, SuperNodes,
+executors) so that nothing is left behind, also on Ctrl-C or an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from consortia.common.errors import ConsortiaError
+
+__all__ = [
+    "ManagedProcess",
+    "ProcessGroup",
+    "free_port",
+    "process_env",
+    "stop_on_sigterm",
+    "wait_for_port",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process: ours, with Flower's telemetry switched off.
+
+    Flower's usage telemetry would send events to an outside server; nothing but model
+    updates may leave a hospital, and on a closed network each attempt blocks for up
+    to a minute.
+    """
+    env = dict(os.environ)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env.update(extra)
+    return env
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so `with ProcessGroup()` blocks stop children.
+
+    Without this a launcher killed by SIGTERM dies at once and leaves its SuperNode or
+    SuperLink (each in its own session) running.
+    """
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout_s: float, process: ManagedProcess) -> None:
+    """Block until `host:port` accepts connections; fail early if `process` died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        process.check_alive()
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise ConsortiaError(
+        f"{process.name} did not open {host}:{port} within {timeout_s:.0f} s; "
+        f"see its log: {process.log_path}"
+    )
+
+
+@dataclass
+class ManagedProcess:
+    """One child process in its own process group, with its output in a log file."""
+
+    name: str
+    args: Sequence[str]
+    log_path: Path
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            self.popen = subprocess.Popen(
+                list(self.args),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(self.env) if self.env is not None else None,
+                cwd=self.cwd,
+                start_new_session=True,  # own process group: we stop its children too
+            )
+        logger.debug("started %s (pid %d)", self.name, self.popen.pid)
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def check_alive(self) -> None:
+        """Raise with the tail of the log when the process has exited."""
+        if self.popen is None or self.popen.poll() is None:
+            return
+        tail = self.log_tail()
+        raise ConsortiaError(
+            f"{self.name} exited with code {self.popen.returncode}; log {self.log_path}:\n{tail}"
+        )
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is still there after `grace_s`."""
+        if self.popen is None:
+            return
+        pgid = self.popen.pid
+        if self.popen.poll() is None:
+            _signal_group(pgid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in %.0f s; killing it", self.name, grace_s)
+        # Grandchildren (e.g. Flower's app processes) may outlive the leader.
+        _signal_group(pgid, signal.SIGKILL)
+        if self.popen.poll() is None:
+            self.popen.wait(timeout=5)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class ProcessGroup:
+    """Processes started together and stopped together (in reverse order)."""
+
+    def __init__(self) -> None:
+        self.processes: list[ManagedProcess] = []
+
+    def start(self, process: ManagedProcess) -> ManagedProcess:
+        process.start()
+        self.processes.append(process)
+        return process
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            process.check_alive()
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            try:
+                process.stop()
+            except Exception:  # keep stopping the others
+                logger.exception("could not stop %s", process.name)
+        self.processes.clear()
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_all()

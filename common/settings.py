@@ -1,0 +1,221 @@
+"""Typed settings for a coordinator's run config and a hospital's site config.
+
+Both are TOML files, parsed once at the edge into frozen pydantic models. Unknown keys,
+wrong types and missing files are errors that name the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from consortia.common.errors import ConfigError
+from consortia.common.models import ModelSettings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "DataSettings",
+    "ModelConfig",
+    "NodeSettings",
+    "Role",
+    "RunSettings",
+    "SiteInfo",
+    "SiteSettings",
+    "Task",
+    "TrainingSettings",
+    "load_run_settings",
+    "load_site_settings",
+    "run_settings_from_json",
+]
+
+_M = TypeVar("_M", bound=BaseModel)
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Task(StrEnum):
+    """What the federation learns."""
+
+    SEGMENTATION = "segmentation"
+    CLASSIFICATION = "classification"
+
+
+class Role(StrEnum):
+    """What a site does in a run: train on its data, or only evaluate (held-out)."""
+
+    TRAIN = "train"
+    HOLDOUT = "holdout"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ModelConfig(_Strict):
+    """The `[model]` table of a run config; turned into `ModelSettings` for the factory."""
+
+    architecture: Literal["unet", "resnet18", "resnet34"] = "unet"
+    spatial_dims: Literal[2, 3] = 2
+    in_channels: Annotated[int, Field(ge=1, le=16)] = 1
+    out_channels: Annotated[int, Field(ge=2, le=256)] = 2
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: Annotated[int, Field(ge=0, le=4)] = 1
+    norm_groups: Annotated[int, Field(ge=1)] = 8
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    conv1_kernel: Annotated[int, Field(ge=1, le=11)] = 7
+    conv1_stride: Annotated[int, Field(ge=1, le=4)] = 2
+    no_max_pool: bool = False
+
+    def to_model_settings(self) -> ModelSettings:
+        """The plain arguments of `consortia.common.models.build_model`."""
+        return ModelSettings(**self.model_dump())
+
+
+class TrainingSettings(_Strict):
+    """The `[training]` table: what each site does with a train message."""
+
+    local_epochs: Annotated[int, Field(ge=1, le=1000)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
+
+
+class RunSettings(_Strict):
+    """A coordinator's run config: the whole study in one file."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)] = "study"
+    task: Task = Task.SEGMENTATION
+    rounds: Annotated[int, Field(ge=1, le=10_000)] = 5
+    min_sites: Annotated[int, Field(ge=1, le=10_000)] = 2
+    sites_per_round: Annotated[int, Field(ge=0)] = 0
+    seed: int = 0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    round_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
+    surface_metrics: Literal["final", "every_round"] = "final"
+    model: ModelConfig = ModelConfig()
+    training: TrainingSettings = TrainingSettings()
+
+    @field_validator("model")
+    @classmethod
+    def _model_builds(cls, value: ModelConfig) -> ModelConfig:
+        # Surface the factory's own checks (e.g. groups dividing channels) at load time.
+        value.to_model_settings()
+        return value
+
+    def to_json(self) -> str:
+        """Serialise for the Flower run config (a single string value)."""
+        return self.model_dump_json()
+
+
+class SiteInfo(_Strict):
+    """The `[site]` table: who this node is in the consortium."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    role: Role = Role.TRAIN
+
+
+class DataSettings(_Strict):
+    """The `[data]` table: where the site's registered data set lives."""
+
+    path: Path
+    format: Literal["npz"] = "npz"
+
+
+class NodeSettings(_Strict):
+    """The `[node]` table: how the node reaches the SuperLink."""
+
+    superlink: str = "127.0.0.1:9092"
+    insecure: bool = True
+    runtime_port: Annotated[int, Field(ge=1024, le=65535)] = 9094
+    state_dir: Path | None = None
+
+    @field_validator("superlink")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", value):
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9092")
+        return value
+
+
+class SiteSettings(_Strict):
+    """A hospital's site config: identity, data and node connection."""
+
+    site: SiteInfo
+    data: DataSettings
+    node: NodeSettings = NodeSettings()
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        problem = item["msg"]
+        if item["type"] == "extra_forbidden":
+            problem = "unknown key"
+        elif item["type"] == "missing":
+            problem = "required key is missing"
+        lines.append(f"{source}: {where}: {problem}")
+    return "\n".join(lines)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+
+
+def _validate(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+    except ValueError as err:  # raised by the model factory's own checks
+        raise ConfigError(f"{source}: model: {err}") from None
+
+
+def load_run_settings(path: Path) -> RunSettings:
+    """Read and validate a coordinator's run config (TOML with a `[run]` table)."""
+    raw = _read_toml(path)
+    unknown = set(raw) - {"run"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level table(s): {', '.join(sorted(unknown))}")
+    if "run" not in raw:
+        raise ConfigError(f"{path}: run: required table is missing")
+    return _validate(RunSettings, raw["run"], f"{path} [run]")
+
+
+def run_settings_from_json(text: str) -> RunSettings:
+    """Rebuild run settings from the Flower run config (validated again: it crossed a wire)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"run config: settings are not valid JSON: {err}") from None
+    return _validate(RunSettings, data, "run config")
+
+
+def load_site_settings(path: Path) -> SiteSettings:
+    """Read and validate a site config; relative data paths are relative to the file."""
+    raw = _read_toml(path)
+    settings = _validate(SiteSettings, raw, str(path))
+    data_path = settings.data.path
+    if not data_path.is_absolute():
+        data_path = (path.parent / data_path).resolve()
+    if not data_path.exists():
+        raise ConfigError(f"{path}: data.path: data set not found: {data_path}")
+    state_dir = settings.node.state_dir
+    if state_dir is not None and not state_dir.is_absolute():
+        state_dir = (path.parent / state_dir).resolve()
+    return settings.model_copy(
+        update={
+            "data": settings.data.model_copy(update={"path": data_path}),
+            "node": settings.node.model_copy(update={"state_dir": state_dir}),
+        }
+    )

@@ -1,0 +1,143 @@
+"""`consortia demo`: a whole federation on this machine, on synthetic demo data.
+
+A SuperLink and one SuperNode (plus executor) per site run as real processes on
+127.0.0.1; the last site is held out (it never trains). Nodes are started through the
+`consortia node start` command, exactly as a hospital would start one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from consortia.common.demo_data import DemoDataSettings, write_site_npz
+from consortia.common.errors import ConsortiaError
+from consortia.common.processes import ManagedProcess, ProcessGroup, free_port, process_env
+from consortia.common.settings import ModelConfig, RunSettings, Task, TrainingSettings
+from consortia.server.progress import final_table, follow_run
+from consortia.server.run_folder import RESULTS_FILE
+from consortia.server.submit import stop_run, submit_run, write_app_dir
+from consortia.server.superlink import start_superlink
+
+__all__ = ["DemoOptions", "demo_run_settings", "run_demo"]
+
+logger = logging.getLogger("consortia.server.demo")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `consortia demo` lets a newcomer change."""
+
+    rounds: int = 5
+    sites: int = 4
+    task: Task = Task.SEGMENTATION
+    output: Path = Path("runs")
+    local_epochs: int = 2
+    train_cases: int = 160
+    test_cases: int = 48
+    image_size: int = 64
+    seed: int = 0
+    timeout_s: float = 1800.0
+
+
+def demo_run_settings(options: DemoOptions, run_name: str) -> RunSettings:
+    """A small, fast study: a 2D U-Net (segmentation) or ResNet-18 (classification)."""
+    if options.task is Task.SEGMENTATION:
+        model = ModelConfig(architecture="unet", channels=(8, 16, 32, 64), strides=(2, 2, 2),
+                            num_res_units=0, norm_groups=4)
+    else:
+        model = ModelConfig(architecture="resnet18", conv1_kernel=3, conv1_stride=1,
+                            no_max_pool=False, norm_groups=8)
+    return RunSettings(
+        name=run_name,
+        task=options.task,
+        rounds=options.rounds,
+        min_sites=options.sites,
+        seed=options.seed,
+        connect_timeout_s=120.0,
+        round_timeout_s=600.0,
+        model=model,
+        training=TrainingSettings(local_epochs=options.local_epochs, batch_size=16,
+                                  learning_rate=2e-3),
+    )
+
+
+def _write_sites(workspace: Path, options: DemoOptions, superlink: str) -> list[Path]:
+    data_settings = DemoDataSettings(
+        image_size=options.image_size, train_cases=options.train_cases,
+        test_cases=options.test_cases, seed=options.seed,
+    )
+    configs = []
+    for index in range(options.sites):
+        role = "holdout" if index == options.sites - 1 else "train"
+        name = f"hospital-{chr(ord('a') + index)}" if index < 26 else f"hospital-{index}"
+        site_dir = workspace / "sites" / name
+        site_dir.mkdir(parents=True)
+        write_site_npz(site_dir / "data.npz", index, data_settings)
+        config = site_dir / "site.toml"
+        config.write_text(
+            "\n".join([
+                "[site]", f'name = "{name}"', f'role = "{role}"', "",
+                "[data]", 'path = "data.npz"', 'format = "npz"', "",
+                "[node]", f'superlink = "{superlink}"', "insecure = true",
+                f'state_dir = "{site_dir / "node"}"', "",
+            ]),
+            encoding="utf-8",
+        )
+        configs.append(config)
+    return configs
+
+
+def _node_process(config: Path, threads: int) -> ManagedProcess:
+    args = [sys.executable, "-m", "consortia.common.cli", "node", "start",
+            "--site-config", str(config), "--runtime-port", str(free_port()),
+            "--num-threads", str(threads)]
+    return ManagedProcess(f"node {config.parent.name}", args,
+                          config.parent / "node" / "node.log", env=process_env())
+
+
+def run_demo(options: DemoOptions, console: Console) -> Path:
+    """Run the whole demo federation; returns the run folder."""
+    if options.sites < 2:
+        raise ConsortiaError("demo: --sites must be at least 2 (training sites + 1 held out)")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_name = f"demo-{options.task.value[:3]}-{stamp}"
+    output = options.output.resolve()
+    run_dir = output / run_name
+    workspace = run_dir / "workspace"
+    workspace.mkdir(parents=True)
+    settings = demo_run_settings(options, run_name)
+    console.print(f"[bold]Consortia demo[/]: {options.sites} sites ({options.sites - 1} training, "
+                  f"1 held out), {options.rounds} rounds, task {options.task.value}.")
+    console.print("[yellow]The images are SYNTHETIC (generated on this machine), "
+                  "not patient data.[/]")
+    port = free_port()
+    superlink = f"127.0.0.1:{port}"
+    configs = _write_sites(workspace, options, superlink)
+    threads = max(1, (os.cpu_count() or 2) // max(1, options.sites - 1))
+    run_id: int | None = None
+    with ProcessGroup() as group:
+        try:
+            start_superlink(group, workspace / "superlink", output, port=port)
+            for config in configs:
+                group.start(_node_process(config, threads))
+            app_dir = write_app_dir(workspace / "app", settings, run_name)
+            run_id = submit_run(app_dir, superlink, flwr_home=workspace / "flwr-cli")
+            follow_run(run_dir, options.rounds, options.task, console=console,
+                       check_alive=group.check_alive, timeout_s=options.timeout_s)
+        except KeyboardInterrupt:
+            console.print("[red]interrupted: stopping every demo process[/]")
+            if run_id is not None:
+                stop_run(run_id, superlink, flwr_home=workspace / "flwr-cli")
+            raise
+    results = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+    console.print(final_table(results))
+    console.print(f"Results: {run_dir / RESULTS_FILE}\nSite data, configs and logs: {workspace}")
+    return run_dir

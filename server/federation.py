@@ -1,0 +1,321 @@
+"""The coordinator's round loop over Flower's Grid (Message API).
+
+Each wave sends the current global model to every site at once: selected training sites
+get a `train` message (evaluate the incoming model on their test split, then train it),
+all other sites an `evaluate` message. Fusing evaluation into the training wave halves
+the message round trips per round. So wave r evaluates the global model of round r-1 and
+trains round r; a last `evaluate` wave scores the final model. `rounds[k]` in the
+results holds the training of round k and the evaluation of the model it produced.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from consortia.common import records as rk
+from consortia.common.errors import ConsortiaError
+from consortia.common.models import build_model
+from consortia.common.settings import Role, RunSettings
+from consortia.common.weights import WeightLayout
+from consortia.server.aggregation import UpdateShapeError, check_update, weighted_average
+from consortia.server.evaluation import pooled_metrics, site_metrics
+from consortia.server.run_folder import RunFolder
+
+__all__ = ["Federation", "FederationError", "Site"]
+
+logger = logging.getLogger("consortia.server")
+
+
+
+class FederationError(ConsortiaError):
+    """The run cannot go on (too few sites, no training site, every update rejected)."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """A node that answered the `query` message."""
+
+    node_id: int
+    name: str
+    role: Role
+    num_train: int
+    num_eval: int
+    data_fingerprint: str
+
+
+def _to_record(weights: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({rk.WEIGHTS_ARRAY: Array(np.ascontiguousarray(weights))})
+
+
+def _from_record(record: ArrayRecord) -> np.ndarray:
+    if rk.WEIGHTS_ARRAY not in record:
+        raise UpdateShapeError(f"has no '{rk.WEIGHTS_ARRAY}' array")
+    return record[rk.WEIGHTS_ARRAY].numpy()
+
+
+class Federation:
+    """Runs one study over a Grid and records everything in a `RunFolder`."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        settings: RunSettings,
+        folder: RunFolder,
+        *,
+        poll_interval_s: float = 0.05,
+    ) -> None:
+        self.grid = grid
+        self.settings = settings
+        self.folder = folder
+        self.poll_interval_s = poll_interval_s
+        self.sites: dict[int, Site] = {}
+        self._model_settings_json = settings.model.model_dump_json()
+        model = build_model(settings.model.to_model_settings())
+        self.layout = WeightLayout.of(model.state_dict())
+        self.initial_weights = self.layout.flatten(model.state_dict())
+
+    # -- messaging -------------------------------------------------------------------------
+
+    def exchange(
+        self,
+        messages: Sequence[Message],
+        timeout_s: float,
+        on_reply: Callable[[int, Message], None] | None = None,
+    ) -> dict[int, Message]:
+        """Push `messages`, pull replies as they arrive until all came or `timeout_s`."""
+        message_ids = list(self.grid.push_messages(messages))
+        node_of = {mid: msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True)}
+        pending = set(message_ids)
+        replies: dict[int, Message] = {}
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                message_id = reply.metadata.reply_to_message_id
+                if message_id not in pending:
+                    continue
+                pending.discard(message_id)
+                node_id = node_of[message_id]
+                replies[node_id] = reply
+                if on_reply is not None:
+                    on_reply(node_id, reply)
+            if pending:
+                time.sleep(self.poll_interval_s)
+        for message_id in pending:
+            logger.warning("no reply from node %d within %.0f s", node_of[message_id], timeout_s)
+        return replies
+
+    def _config(self, round_number: int, *, train: bool) -> ConfigRecord:
+        s = self.settings
+        final = round_number > s.rounds
+        config: dict[str, int | float | str | bool] = {
+            rk.CFG_ROUND: round_number,
+            rk.CFG_RUN_NAME: s.name,
+            rk.CFG_TASK: s.task.value,
+            rk.CFG_MODEL_SETTINGS: self._model_settings_json,
+            rk.CFG_LAYOUT_FINGERPRINT: self.layout.fingerprint(),
+            rk.CFG_BATCH_SIZE: s.training.batch_size,
+            rk.CFG_SURFACE_METRICS: final or s.surface_metrics == "every_round",
+        }
+        if train:
+            config.update(
+                {
+                    rk.CFG_LOCAL_EPOCHS: s.training.local_epochs,
+                    rk.CFG_LEARNING_RATE: s.training.learning_rate,
+                    rk.CFG_SEED: s.seed,
+                    rk.CFG_EVALUATE_FIRST: True,
+                }
+            )
+        return ConfigRecord(config)
+
+    # -- discovery -------------------------------------------------------------------------
+
+    def wait_for_nodes(self) -> list[int]:
+        """Node ids once `min_sites` nodes are connected; error after `connect_timeout_s`."""
+        deadline = time.monotonic() + self.settings.connect_timeout_s
+        while True:
+            node_ids = sorted(self.grid.get_node_ids())
+            if len(node_ids) >= self.settings.min_sites:
+                return node_ids
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"only {len(node_ids)} of min_sites={self.settings.min_sites} sites "
+                    f"connected within {self.settings.connect_timeout_s:.0f} s"
+                )
+            time.sleep(0.2)
+
+    def discover_sites(self) -> list[Site]:
+        """Ask every connected node who it is; keep the ones whose data fit the task."""
+        node_ids = self.wait_for_nodes()
+        config = ConfigRecord({rk.CFG_TASK: self.settings.task.value})
+        messages = [
+            Message(RecordDict({rk.CONFIG_KEY: config}), dst_node_id=node_id,
+                    message_type=MessageType.QUERY, group_id="discover")
+            for node_id in node_ids
+        ]
+        replies = self.exchange(messages, self.settings.connect_timeout_s)
+        names: set[str] = set()
+        for node_id, reply in sorted(replies.items()):
+            if reply.has_error():
+                self.folder.event("site_refused", node_id=node_id, reason=reply.error.reason)
+                logger.warning("node %d left out: %s", node_id, reply.error.reason)
+                continue
+            info = reply.content[rk.INFO_KEY]
+            site = Site(
+                node_id=node_id,
+                name=str(info[rk.SITE_NAME]),
+                role=Role(str(info[rk.SITE_ROLE])),
+                num_train=int(info[rk.SITE_NUM_TRAIN]),
+                num_eval=int(info[rk.SITE_NUM_EVAL]),
+                data_fingerprint=str(info[rk.SITE_DATA_FINGERPRINT]),
+            )
+            if site.name in names:
+                self.folder.event("site_refused", node_id=node_id, reason="duplicate site name")
+                logger.warning("node %d left out: duplicate site name %s", node_id, site.name)
+                continue
+            names.add(site.name)
+            self.sites[node_id] = site
+            self.folder.event("site_joined", site=site.name, role=site.role.value)
+        if not any(site.role is Role.TRAIN for site in self.sites.values()):
+            raise FederationError("no training site answered; nothing to train")
+        self.folder.results["sites"] = [asdict(site) | {"role": site.role.value}
+                                        for site in self.sites.values()]
+        self.folder.save()
+        return list(self.sites.values())
+
+    # -- rounds ----------------------------------------------------------------------------
+
+    def select_training_sites(self, round_number: int) -> list[Site]:
+        trainers = sorted((s for s in self.sites.values() if s.role is Role.TRAIN),
+                          key=lambda s: s.name)
+        k = self.settings.sites_per_round or len(trainers)
+        if k >= len(trainers):
+            return trainers
+        rng = random.Random(self.settings.seed * 100_003 + round_number)
+        return sorted(rng.sample(trainers, k), key=lambda s: s.name)
+
+    def _wave(
+        self, round_number: int, weights: np.ndarray, trainers: Iterable[Site]
+    ) -> dict[int, Message]:
+        arrays = _to_record(weights)
+        train_ids = {site.node_id for site in trainers}
+        messages = []
+        for node_id in sorted(self.sites):
+            train = node_id in train_ids
+            content = RecordDict({
+                rk.ARRAYS_KEY: arrays,
+                rk.CONFIG_KEY: self._config(round_number, train=train),
+            })
+            kind = MessageType.TRAIN if train else MessageType.EVALUATE
+            messages.append(Message(content, dst_node_id=node_id, message_type=kind,
+                                    group_id=str(round_number)))
+            self.folder.event("sent", round=round_number, site=self.sites[node_id].name,
+                              kind="train" if train else "evaluate")
+
+        def on_reply(node_id: int, reply: Message) -> None:
+            site = self.sites[node_id].name
+            if reply.has_error():
+                self.folder.event("failed", round=round_number, site=site,
+                                  reason=reply.error.reason)
+            else:
+                self.folder.event("replied", round=round_number, site=site)
+
+        return self.exchange(messages, self.settings.round_timeout_s, on_reply)
+
+    def _record_evaluation(self, model_round: int, replies: Mapping[int, Message]) -> None:
+        per_site: dict[str, dict[str, float]] = {}
+        summaries: dict[str, tuple[dict[str, float], dict[str, list[float]]]] = {}
+        for node_id, reply in replies.items():
+            if reply.has_error() or rk.EVAL_METRICS_KEY not in reply.content:
+                continue
+            sums = {k: float(v) for k, v in reply.content[rk.EVAL_METRICS_KEY].items()}  # type: ignore[arg-type]
+            hists: dict[str, list[float]] = {}
+            if rk.EVAL_HIST_KEY in reply.content:
+                hists = {k: [float(x) for x in v]  # type: ignore[union-attr]
+                         for k, v in reply.content[rk.EVAL_HIST_KEY].items()}
+            name = self.sites[node_id].name
+            summaries[name] = (sums, hists)
+            per_site[name] = site_metrics(self.settings.task, sums, hists)
+        roles = {site.name: site.role for site in self.sites.values()}
+        holdout = [summaries[n] for n in summaries if roles[n] is Role.HOLDOUT]
+        training = [summaries[n] for n in summaries if roles[n] is Role.TRAIN]
+        evaluation = {
+            "sites": per_site,
+            "holdout": pooled_metrics(self.settings.task, holdout) if holdout else None,
+            "training_sites": pooled_metrics(self.settings.task, training) if training else None,
+        }
+        self.folder.update_round(model_round, evaluation=evaluation)
+        self.folder.event("evaluated", round=model_round, holdout=evaluation["holdout"],
+                          sites=per_site)
+
+    def _aggregate(
+        self, round_number: int, weights: np.ndarray, replies: Mapping[int, Message],
+        trainers: Sequence[Site],
+    ) -> np.ndarray:
+        updates: list[tuple[np.ndarray, float]] = []
+        train_info: dict[str, dict[str, float]] = {}
+        rejected: dict[str, str] = {}
+        for site in trainers:
+            reply = replies.get(site.node_id)
+            if reply is None:
+                rejected[site.name] = "no reply before the round timeout"
+                continue
+            if reply.has_error():
+                rejected[site.name] = reply.error.reason
+                continue
+            metrics = reply.content[rk.TRAIN_METRICS_KEY]
+            try:
+                update = _from_record(reply.content[rk.ARRAYS_KEY])
+                check_update(weights, update)
+            except UpdateShapeError as err:
+                rejected[site.name] = f"update rejected: {err}"
+                continue
+            count = float(metrics[rk.M_NUM_EXAMPLES])  # type: ignore[arg-type]
+            updates.append((update, count))
+            train_info[site.name] = {
+                "examples": count,
+                "loss": float(metrics[rk.M_TRAIN_LOSS]),  # type: ignore[arg-type]
+                "compute_s": float(metrics[rk.M_COMPUTE_S]),  # type: ignore[arg-type]
+            }
+        for name, reason in rejected.items():
+            logger.warning("round %d: %s left out: %s", round_number, name, reason)
+        if not updates:
+            raise FederationError(f"round {round_number}: no usable update ({rejected})")
+        new_weights = weighted_average(updates)
+        checkpoint = self.folder.checkpoint(round_number, self.layout.unflatten(new_weights))
+        self.folder.update_round(
+            round_number, participants=sorted(train_info), train=train_info,
+            left_out=rejected, total_examples=sum(c for _, c in updates), checkpoint=checkpoint,
+        )
+        return new_weights
+
+    def run(self) -> np.ndarray:
+        """Discover sites, run every round, evaluate the final model; returns its weights."""
+        self.discover_sites()
+        weights = self.initial_weights
+        self.folder.checkpoint(0, self.layout.unflatten(weights))
+        for round_number in range(1, self.settings.rounds + 1):
+            started = time.monotonic()
+            trainers = self.select_training_sites(round_number)
+            logger.info("round %d/%d: training at %s", round_number, self.settings.rounds,
+                        ", ".join(s.name for s in trainers))
+            self.folder.event("round_started", round=round_number,
+                              trainers=[s.name for s in trainers])
+            replies = self._wave(round_number, weights, trainers)
+            self._record_evaluation(round_number - 1, replies)
+            weights = self._aggregate(round_number, weights, replies, trainers)
+            duration = time.monotonic() - started
+            self.folder.update_round(round_number, duration_s=round(duration, 3))
+            self.folder.event("round_done", round=round_number, duration_s=duration)
+        final = self._wave(self.settings.rounds + 1, weights, trainers=())
+        self._record_evaluation(self.settings.rounds, final)
+        return weights
+
+

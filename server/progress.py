@@ -1,0 +1,140 @@
+"""Live progress of a run on the console, read from the run folder's `events.jsonl`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from consortia.common.errors import ConsortiaError
+from consortia.common.settings import Task
+from consortia.server.run_folder import EVENTS_FILE
+
+__all__ = ["RunProgress", "final_table", "follow_run", "headline_metric"]
+
+_TERMINAL = {"run_done", "run_failed"}
+
+
+def headline_metric(task: Task) -> str:
+    """The one metric the tables show: Dice for segmentation, AUC for classification."""
+    return "dice" if task is Task.SEGMENTATION else "auc"
+
+
+@dataclass
+class RunProgress:
+    """State folded from the events seen so far."""
+
+    rounds: int
+    round: int = 0
+    site_state: dict[str, str] = field(default_factory=dict)
+    holdout: dict[int, float | None] = field(default_factory=dict)
+    finished: str | None = None
+    reason: str | None = None
+
+    def apply(self, event: dict[str, Any], metric: str) -> None:
+        kind = event.get("event")
+        site = event.get("site")
+        if kind == "site_joined" and site:
+            self.site_state[site] = f"joined ({event.get('role')})"
+        elif kind == "round_started":
+            self.round = int(event["round"])
+        elif kind == "sent" and site:
+            self.site_state[site] = "training" if event.get("kind") == "train" else "evaluating"
+        elif kind == "replied" and site:
+            self.site_state[site] = "done"
+        elif kind == "failed" and site:
+            self.site_state[site] = f"failed: {event.get('reason')}"
+        elif kind == "evaluated":
+            holdout = event.get("holdout") or {}
+            self.holdout[int(event["round"])] = holdout.get(metric)
+        elif kind in _TERMINAL:
+            self.finished = kind
+            self.reason = event.get("reason")
+
+
+def _render(progress: RunProgress, started: float, metric: str) -> Group:
+    elapsed = time.monotonic() - started
+    current = min(progress.round, progress.rounds)
+    title = Text(f"round {current}/{progress.rounds}   elapsed {elapsed:5.0f} s", style="bold")
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("site")
+    table.add_column("status")
+    for site, state in sorted(progress.site_state.items()):
+        table.add_row(site, state)
+    lines: list[Any] = [title, table]
+    if progress.holdout:
+        last = max(progress.holdout)
+        value = progress.holdout[last]
+        shown = "n/a" if value is None else f"{value:.3f}"
+        lines.append(Text(f"held-out {metric} of the model after round {last}: {shown}"))
+    return Group(*lines)
+
+
+def follow_run(
+    run_dir: Path,
+    rounds: int,
+    task: Task,
+    *,
+    console: Console,
+    check_alive: Callable[[], None] | None = None,
+    timeout_s: float = 24 * 3600.0,
+) -> RunProgress:
+    """Show live progress until the run ends; raise if it failed or a process died."""
+    metric = headline_metric(task)
+    progress = RunProgress(rounds=rounds)
+    events_path = run_dir / EVENTS_FILE
+    position = 0
+    started = time.monotonic()
+    with Live(_render(progress, started, metric), console=console, refresh_per_second=4,
+              transient=False) as live:
+        while progress.finished is None:
+            if time.monotonic() - started > timeout_s:
+                raise ConsortiaError(f"run did not finish within {timeout_s:.0f} s")
+            if check_alive is not None:
+                check_alive()
+            if events_path.exists():
+                with events_path.open("r", encoding="utf-8") as handle:
+                    handle.seek(position)
+                    for line in handle:
+                        if not line.endswith("\n"):
+                            break  # partial line: read it next time
+                        position += len(line.encode("utf-8"))
+                        progress.apply(json.loads(line), metric)
+            live.update(_render(progress, started, metric))
+            time.sleep(0.25)
+    if progress.finished == "run_failed":
+        raise ConsortiaError(f"the run failed: {progress.reason}")
+    return progress
+
+
+def final_table(results: dict[str, Any]) -> Table:
+    """Per round: the held-out metric and each site's metric of that round's model."""
+    task = Task(results["task"])
+    metric = headline_metric(task)
+    sites = [site["name"] for site in results.get("sites", [])]
+    roles = {site["name"]: site["role"] for site in results.get("sites", [])}
+    table = Table(title=f"{metric.upper()} of the global model after each round")
+    table.add_column("round", justify="right")
+    table.add_column(f"held-out {metric}", justify="right", style="bold")
+    for name in sites:
+        table.add_column(f"{name} ({roles[name]})", justify="right")
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{float(value):.3f}"
+
+    for entry in results.get("rounds", []):
+        evaluation = entry.get("evaluation") or {}
+        per_site = evaluation.get("sites", {})
+        holdout = (evaluation.get("holdout") or {}).get(metric)
+        row = [str(entry["round"]), fmt(holdout)]
+        row += [fmt(per_site.get(name, {}).get(metric)) for name in sites]
+        table.add_row(*row)
+    return table

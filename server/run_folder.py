@@ -1,0 +1,120 @@
+"""The run folder: results written as they arrive, events for live progress, checkpoints.
+
+Layout (schema in docs/results-schema.md)::
+
+    runs/<run-name>/
+        results.json        # the whole run so far; rewritten atomically after each step
+        events.jsonl        # one JSON object per line, UTC timestamps (live progress)
+        checkpoints/round-NNN.pt   # global model state_dict after each round
+        server.log
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["RESULTS_FILE", "EVENTS_FILE", "RunFolder", "utc_now", "write_json_atomic"]
+
+RESULTS_FILE = "results.json"
+EVENTS_FILE = "events.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+SCHEMA = "consortia.results/1"
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp with a Z suffix."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file beside `path`, fsync it, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, allow_nan=False, default=_jsonable)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf are not JSON: store them as null."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+class RunFolder:
+    """Owns `results.json`, `events.jsonl` and the checkpoints of one run."""
+
+    def __init__(self, path: Path, header: Mapping[str, Any]) -> None:
+        if (path / RESULTS_FILE).exists():
+            raise FileExistsError(f"run folder {path} already holds a run")
+        self.path = path
+        (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        self.results: dict[str, Any] = {
+            "schema": SCHEMA,
+            **header,
+            "status": "running",
+            "started_at": utc_now(),
+            "finished_at": None,
+            "sites": [],
+            "rounds": [],
+        }
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path / RESULTS_FILE, _finite(self.results))
+
+    def event(self, kind: str, /, **fields: Any) -> None:
+        """Append one event line (flushed at once: a progress display tails this file)."""
+        line = json.dumps({"time": utc_now(), "event": kind, **_finite(fields)}, default=_jsonable)
+        with (self.path / EVENTS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def update_round(self, round_number: int, **fields: Any) -> None:
+        for entry in self.results["rounds"]:
+            if entry["round"] == round_number:
+                entry.update(fields)
+                break
+        else:
+            self.results["rounds"].append({"round": round_number, **fields})
+            self.results["rounds"].sort(key=lambda item: item["round"])
+        self.save()
+
+    def checkpoint(self, round_number: int, state: Mapping[str, torch.Tensor]) -> str:
+        """Save the global model after `round_number`; returns its path in the folder."""
+        relative = f"{CHECKPOINT_DIR}/round-{round_number:03d}.pt"
+        target = self.path / relative
+        tmp = target.with_suffix(".tmp")
+        torch.save(dict(state), tmp)
+        os.replace(tmp, target)
+        return relative
+
+    def finish(self, status: str, **fields: Any) -> None:
+        self.results.update(fields)
+        self.results["status"] = status
+        self.results["finished_at"] = utc_now()
+        self.save()

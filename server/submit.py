@@ -1,0 +1,114 @@
+"""Submit a study to a SuperLink as a Flower App, through Flower's own `flwr run`.
+
+The app is generated from the validated run settings: a `pyproject.toml` declaring the
+installed Consortia ServerApp/ClientApp components and carrying the settings as run
+config. Its FAB hash therefore identifies the exact run configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from consortia.common import records as rk
+from consortia.common.errors import ConsortiaError
+from consortia.common.processes import process_env
+from consortia.common.settings import RunSettings
+
+__all__ = ["APP_COMPONENTS", "stop_run", "submit_run", "write_app_dir"]
+
+logger = logging.getLogger("consortia.server")
+
+APP_COMPONENTS = {
+    "serverapp": "consortia.server.server_app:app",
+    "clientapp": "consortia.client.client_app:app",
+}
+_CONNECTION = "consortia"
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string literal is a valid TOML basic string
+
+
+def write_app_dir(dest: Path, settings: RunSettings, run_name: str) -> Path:
+    """Write the Flower App for one run into `dest` (a new folder)."""
+    from importlib.metadata import version
+
+    dest.mkdir(parents=True, exist_ok=False)
+    lines = [
+        "[build-system]",
+        'requires = ["setuptools>=69"]',
+        'build-backend = "setuptools.build_meta"',
+        "",
+        "[project]",
+        'name = "consortia-study"',
+        'version = "1.0.0"',
+        'description = "A Consortia study"',
+        'license = "Apache-2.0"',
+        f'dependencies = ["consortia=={version("consortia")}"]',
+        "",
+        "[tool.flwr.app]",
+        'publisher = "consortia"',
+        "",
+        "[tool.flwr.app.components]",
+        *(f"{key} = {_toml_string(value)}" for key, value in APP_COMPONENTS.items()),
+        "",
+        "[tool.flwr.app.config]",
+        f"{rk.RUN_CONFIG_SETTINGS} = {_toml_string(settings.to_json())}",
+        f"{rk.RUN_CONFIG_RUN_NAME} = {_toml_string(run_name)}",
+        "",
+    ]
+    (dest / "pyproject.toml").write_text("\n".join(lines), encoding="utf-8")
+    return dest
+
+
+def _flwr_env(flwr_home: Path, superlink: str, insecure: bool,
+              root_certificates: Path | None) -> dict[str, str]:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    conn = [f"[superlink.{_CONNECTION}]", f"address = {_toml_string(superlink)}"]
+    if insecure:
+        conn.append("insecure = true")
+    if root_certificates is not None:
+        conn.append(f"root-certificates = {_toml_string(str(root_certificates))}")
+    config = "\n".join(["[superlink]", f'default = "{_CONNECTION}"', "", *conn, ""])
+    (flwr_home / "config.toml").write_text(config, encoding="utf-8")
+    return process_env(FLWR_HOME=str(flwr_home))
+
+
+def _flwr() -> str:
+    return str(Path(sys.executable).with_name("flwr"))
+
+
+def submit_run(app_dir: Path, superlink: str, *, flwr_home: Path, insecure: bool = True,
+               root_certificates: Path | None = None) -> int:
+    """Start the run on the SuperLink's Control API; returns Flower's run id."""
+    env = _flwr_env(flwr_home, superlink, insecure, root_certificates)
+    result = subprocess.run(
+        [_flwr(), "run", str(app_dir), _CONNECTION, "--format", "json"],
+        capture_output=True, text=True, env=env, check=False, timeout=120,
+    )
+    payload: dict[str, object] = {}
+    start = result.stdout.find("{")
+    if start >= 0:
+        try:
+            payload = json.loads(result.stdout[start:])
+        except json.JSONDecodeError:
+            payload = {}
+    if result.returncode != 0 or not payload.get("success"):
+        detail = (result.stderr or result.stdout).strip()[-2000:]
+        raise ConsortiaError(f"the SuperLink at {superlink} did not accept the run: {detail}")
+    run_id = int(str(payload["run-id"]))
+    logger.info("run submitted to %s (Flower run %d)", superlink, run_id)
+    return run_id
+
+
+def stop_run(run_id: int, superlink: str, *, flwr_home: Path, insecure: bool = True,
+             root_certificates: Path | None = None) -> None:
+    """Ask the SuperLink to stop a run (best effort)."""
+    env = _flwr_env(flwr_home, superlink, insecure, root_certificates)
+    subprocess.run([_flwr(), "stop", str(run_id), _CONNECTION], capture_output=True,
+                   env=env, check=False, timeout=60)

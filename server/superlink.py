@@ -1,0 +1,56 @@
+"""The coordinator's Flower SuperLink process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from consortia.common.processes import ManagedProcess, ProcessGroup, process_env, wait_for_port
+from consortia.server.server_app import RUNS_DIR_ENV
+
+__all__ = ["start_superlink", "superlink_args"]
+
+
+def superlink_args(host: str, port: int, *, insecure: bool, database: Path | None) -> list[str]:
+    """Command line of `flower-superlink` (runtime dependency installation always off:
+    it would download a CUDA build of torch into every run)."""
+    args = [
+        str(Path(sys.executable).with_name("flower-superlink")),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+    if insecure:
+        args.append("--insecure")
+    if database is not None:
+        args += ["--database", str(database)]
+    return args
+
+
+def start_superlink(
+    group: ProcessGroup,
+    state_dir: Path,
+    runs_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9092,
+    insecure: bool = True,
+    startup_timeout_s: float = 60.0,
+) -> ManagedProcess:
+    """Start a SuperLink whose ServerApps write run folders under `runs_dir`."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    env = process_env(FLWR_HOME=str(state_dir / "flwr"), **{RUNS_DIR_ENV: str(runs_dir.resolve())})
+    process = group.start(
+        ManagedProcess(
+            "SuperLink",
+            superlink_args(host, port, insecure=insecure, database=state_dir / "superlink.db"),
+            state_dir / "logs" / "superlink.log",
+            env=env,
+        )
+    )
+    wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port,
+                  startup_timeout_s, process)
+    return process
