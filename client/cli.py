@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -17,11 +18,12 @@ node_app = typer.Typer(help="Run a hospital's node beside its data.", no_args_is
 
 @node_app.command("start")
 def node_start(
-    site_config: Path = typer.Option(..., "--site-config", help="The site's TOML config."),
-    runtime_port: int | None = typer.Option(
-        None, help="Local port of the SuperNode's Runtime API (overrides [node].runtime_port)."
-    ),
-    num_threads: int | None = typer.Option(None, help="Torch threads per task."),
+    site_config: Annotated[Path, typer.Option(help="The site's TOML config.")],
+    runtime_port: Annotated[
+        int | None,
+        typer.Option(help="Local port of the SuperNode's Runtime API (overrides [node])."),
+    ] = None,
+    num_threads: Annotated[int | None, typer.Option(help="Torch threads per task.")] = None,
 ) -> None:
     """Start this site's Flower SuperNode and executor; runs until Ctrl-C."""
     site = load_site_settings(site_config)

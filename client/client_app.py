@@ -6,33 +6,59 @@ the site's data are logged here in full and reported to the server without file 
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 import zlib
 from pathlib import Path
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from consortia.client.site_data import SiteArrays, data_fingerprint, load_npz_splits
-from consortia.client.trainer import evaluate_local, train_local
+from consortia.client.trainer import EvalResult, evaluate_local, train_local
 from consortia.common import records as rk
 from consortia.common.device import select_device
-from consortia.common.errors import ConsortiaError
-from consortia.common.models import ModelSettings, build_model
+from consortia.common.errors import ConsortiaError, DataError
+from consortia.common.instructions import Instruction
+from consortia.common.models import build_model
+from consortia.common.record_fields import (
+    RecordFieldError,
+    get_array,
+    get_array_record,
+    get_config_record,
+    get_str,
+)
 from consortia.common.settings import Role, SiteSettings, Task, load_site_settings
 from consortia.common.weights import WeightLayout
 
-__all__ = ["ERROR_REFUSED", "ERROR_SITE_DATA", "app"]
+__all__ = [
+    "ERROR_BAD_MESSAGE",
+    "ERROR_REFUSED",
+    "ERROR_SITE_DATA",
+    "LayoutMismatchError",
+    "app",
+]
 
 logger = logging.getLogger("consortia.client")
 
 ERROR_SITE_DATA = 4101
 ERROR_REFUSED = 4102
+ERROR_BAD_MESSAGE = 4103
 
 app = ClientApp()
+
+
+class LayoutMismatchError(ConsortiaError):
+    """The server's model is not the one this site builds from the same settings."""
 
 
 def _site(context: Context) -> SiteSettings:
@@ -51,49 +77,70 @@ def _load(site: SiteSettings, task: Task, splits: tuple[str, ...]) -> SiteArrays
     return load_npz_splits(site.data.path, task, splits)
 
 
-def _error_reply(msg: Message, code: int, reason: str) -> Message:
+def _refuse(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=msg)
 
 
-class LayoutMismatchError(ConsortiaError):
-    """The server's model is not the one this site builds from the same settings."""
-
-
-def _model_from(msg: Message) -> tuple[torch.nn.Module, WeightLayout, int]:
+def _model(msg: Message, instruction: Instruction) -> tuple[torch.nn.Module, WeightLayout]:
     """Build the model from the server's settings and load the global weights into it."""
-    config = msg.content[rk.CONFIG_KEY]
-    settings = ModelSettings(**json.loads(str(config[rk.CFG_MODEL_SETTINGS])))
-    model = build_model(settings)
+    model = build_model(instruction.model)
     layout = WeightLayout.of(model.state_dict())
-    if layout.fingerprint() != str(config[rk.CFG_LAYOUT_FINGERPRINT]):
+    if layout.fingerprint() != instruction.layout_fingerprint:
         raise LayoutMismatchError(
             "the server's model layout differs from this site's build of the same settings "
             "(different Consortia/MONAI versions?)"
         )
-    vector = msg.content[rk.ARRAYS_KEY][rk.WEIGHTS_ARRAY].numpy()
+    vector = get_array(get_array_record(msg.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY)
     model.load_state_dict(layout.unflatten(vector), strict=True)
-    return model, layout, settings.out_channels
+    return model, layout
 
 
-def _eval_records(result_sums: dict[str, float], histograms: dict[str, list[float]]) -> RecordDict:
-    content = RecordDict({rk.EVAL_METRICS_KEY: MetricRecord(dict(result_sums))})
-    if histograms:
-        content[rk.EVAL_HIST_KEY] = MetricRecord(dict(histograms))
-    return content
+def _evaluate(
+    model: torch.nn.Module, data: SiteArrays, instruction: Instruction, device: torch.device
+) -> EvalResult:
+    return evaluate_local(
+        model,
+        data,
+        instruction.task,
+        num_classes=instruction.model.out_channels,
+        batch_size=instruction.batch_size,
+        device=device,
+        surface_distances=instruction.surface_metrics,
+    )
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Describe the site: name, role and example counts for the run's task."""
-    task = Task(str(msg.content[rk.CONFIG_KEY][rk.CFG_TASK]))
+def _eval_records(content: RecordDict, result: EvalResult) -> None:
+    content[rk.EVAL_METRICS_KEY] = MetricRecord(dict(result.sums))
+    if result.histograms:
+        content[rk.EVAL_HIST_KEY] = MetricRecord(dict(result.histograms))
+
+
+def _guarded(handler_name: str, msg: Message, context: Context) -> Message:
+    """Run a handler; data problems and malformed messages become clear error replies."""
     try:
         site = _site(context)
-        num_train = len(_load(site, task, ("train",))) if site.site.role is Role.TRAIN else 0
-        num_eval = len(_load(site, task, _eval_splits(site)))
-        fingerprint = data_fingerprint(site.data.path)
-    except ConsortiaError as err:
-        logger.error("site data check failed: %s", err)
-        return _error_reply(msg, ERROR_SITE_DATA, f"site data unusable for {task}; see node log")
+        if handler_name == "query":
+            return _query(msg, site)
+        instruction = Instruction.from_config(get_config_record(msg.content, rk.CONFIG_KEY))
+        if handler_name == "train":
+            return _train(msg, site, instruction)
+        return _evaluate_handler(msg, site, instruction)
+    except DataError as err:
+        logger.error("site data unusable: %s", err)
+        return _refuse(msg, ERROR_SITE_DATA, "site data unusable for this task; see node log")
+    except (RecordFieldError, LayoutMismatchError) as err:
+        logger.error("malformed %s message: %s", handler_name, err)
+        return _refuse(msg, ERROR_BAD_MESSAGE, f"malformed {handler_name} message: {err}")
+
+
+def _query(msg: Message, site: SiteSettings) -> Message:
+    config = get_config_record(msg.content, rk.CONFIG_KEY)
+    try:
+        task = Task(get_str(config, rk.CFG_TASK))
+    except ValueError as err:
+        raise RecordFieldError(f"'{rk.CFG_TASK}': {err}") from None
+    num_train = len(_load(site, task, ("train",))) if site.site.role is Role.TRAIN else 0
+    num_eval = len(_load(site, task, _eval_splits(site)))
     info = ConfigRecord(
         {
             rk.SITE_NAME: site.site.name,
@@ -101,58 +148,46 @@ def query(msg: Message, context: Context) -> Message:
             rk.SITE_TASK: task.value,
             rk.SITE_NUM_TRAIN: num_train,
             rk.SITE_NUM_EVAL: num_eval,
-            rk.SITE_DATA_FINGERPRINT: fingerprint,
+            rk.SITE_DATA_FINGERPRINT: data_fingerprint(site.data.path),
         }
     )
     return Message(RecordDict({rk.INFO_KEY: info}), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Evaluate the incoming global model (if asked), then train it on local data."""
-    site = _site(context)
+def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Message:
     if site.site.role is not Role.TRAIN:
-        return _error_reply(msg, ERROR_REFUSED, f"site {site.site.name} is a held-out site")
-    config = msg.content[rk.CONFIG_KEY]
-    task = Task(str(config[rk.CFG_TASK]))
-    round_number = int(config[rk.CFG_ROUND])
+        return _refuse(msg, ERROR_REFUSED, f"site {site.site.name} is a held-out site")
     device = select_device()
-    try:
-        train_data = _load(site, task, ("train",))
-        eval_data = _load(site, task, _eval_splits(site)) if config[rk.CFG_EVALUATE_FIRST] else None
-    except ConsortiaError as err:
-        logger.error("site data unusable: %s", err)
-        return _error_reply(msg, ERROR_SITE_DATA, f"site data unusable for {task}; see node log")
-    model, layout, num_classes = _model_from(msg)
-    batch_size = int(config[rk.CFG_BATCH_SIZE])
+    train_data = _load(site, instruction.task, ("train",))
+    model, layout = _model(msg, instruction)
     content = RecordDict()
     eval_s = 0.0
-    if eval_data is not None:
-        evaluated = evaluate_local(
-            model, eval_data, task, num_classes=num_classes, batch_size=batch_size,
-            device=device, surface_distances=bool(config[rk.CFG_SURFACE_METRICS]),
+    if instruction.evaluate_first:
+        evaluated = _evaluate(
+            model, _load(site, instruction.task, _eval_splits(site)), instruction, device
         )
-        content = _eval_records(evaluated.sums, evaluated.histograms)
+        _eval_records(content, evaluated)
         eval_s = evaluated.compute_s
-    seed = int(config[rk.CFG_SEED]) * 1_000_003 + round_number * 7919 + zlib.crc32(
-        site.site.name.encode()
-    )
-    started = time.perf_counter()
+    seed = (
+        instruction.seed * 1_000_003
+        + instruction.round * 7919
+        + zlib.crc32(site.site.name.encode())
+    ) % (2**31)
     result = train_local(
         model,
         train_data,
-        task,
-        epochs=int(config[rk.CFG_LOCAL_EPOCHS]),
-        batch_size=batch_size,
-        learning_rate=float(config[rk.CFG_LEARNING_RATE]),
-        seed=seed % (2**31),
+        instruction.task,
+        epochs=instruction.local_epochs,
+        batch_size=instruction.batch_size,
+        learning_rate=instruction.learning_rate,
+        seed=seed,
         device=device,
     )
     logger.info(
         "round %d: trained on %d examples in %.1f s (loss %.4f)",
-        round_number,
+        instruction.round,
         result.num_examples,
-        time.perf_counter() - started,
+        result.compute_s,
         result.mean_loss,
     )
     weights = layout.flatten(model.cpu().state_dict())
@@ -168,29 +203,35 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _evaluate_handler(msg: Message, site: SiteSettings, instruction: Instruction) -> Message:
+    data = _load(site, instruction.task, _eval_splits(site))
+    model, _ = _model(msg, instruction)
+    evaluated = _evaluate(model, data, instruction, select_device())
+    content = RecordDict()
+    _eval_records(content, evaluated)
+    content[rk.TRAIN_METRICS_KEY] = MetricRecord(
+        {
+            rk.M_NUM_EXAMPLES: 0,
+            rk.M_COMPUTE_S: evaluated.compute_s,
+            rk.M_EVAL_S: evaluated.compute_s,
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Describe the site: name, role and example counts for the run's task."""
+    return _guarded("query", msg, context)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Evaluate the incoming global model (if asked), then train it on local data."""
+    return _guarded("train", msg, context)
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Metric sums and counts of the global model on the site's evaluation cases."""
-    site = _site(context)
-    config = msg.content[rk.CONFIG_KEY]
-    task = Task(str(config[rk.CFG_TASK]))
-    try:
-        data = _load(site, task, _eval_splits(site))
-    except ConsortiaError as err:
-        logger.error("site data unusable: %s", err)
-        return _error_reply(msg, ERROR_SITE_DATA, f"site data unusable for {task}; see node log")
-    model, _, num_classes = _model_from(msg)
-    evaluated = evaluate_local(
-        model,
-        data,
-        task,
-        num_classes=num_classes,
-        batch_size=int(config[rk.CFG_BATCH_SIZE]),
-        device=select_device(),
-        surface_distances=bool(config[rk.CFG_SURFACE_METRICS]),
-    )
-    content = _eval_records(evaluated.sums, evaluated.histograms)
-    content[rk.TRAIN_METRICS_KEY] = MetricRecord(
-        {rk.M_NUM_EXAMPLES: 0, rk.M_COMPUTE_S: evaluated.compute_s, rk.M_EVAL_S: evaluated.compute_s}
-    )
-    return Message(content, reply_to=msg)
+    return _guarded("evaluate", msg, context)

@@ -130,5 +130,7 @@ def evaluate_local(
         with autocast(device):
             logits = model(normalize_images(images.to(device)))
         cls.update(torch.softmax(logits.float(), dim=1).cpu(), targets)
-    histograms = {key: list(np.asarray(value, dtype=float)) for key, value in cls.histograms().items()}
+    histograms = {
+        key: list(np.asarray(value, dtype=float)) for key, value in cls.histograms().items()
+    }
     return EvalResult(cls.summary(), histograms, time.perf_counter() - start)

@@ -16,6 +16,7 @@ pyproject pins ``flwr>=1.41,<1.42`` for that reason.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -90,9 +91,7 @@ class WarmExecutor:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             from flwr.supernode.runtime.run_clientapp import run_clientapp
 
-            certificates = (
-                self.root_certificates.read_bytes() if self.root_certificates else None
-            )
+            certificates = self.root_certificates.read_bytes() if self.root_certificates else None
             run_clientapp(
                 runtime_api_address=self.runtime_api_address,
                 token=token,
@@ -157,19 +156,15 @@ class WarmExecutor:
 
     def _shutdown_children(self, grace_s: float = 10.0) -> None:
         for pid in self.children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace_s
         while self.children and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.1)
         for pid in self.children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -198,7 +193,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _stop)
     _exit_with_parent()
     seconds = executor.warm_up()
-    logger.info("executor ready (imports took %.1f s); serving %s", seconds, args.runtime_api_address)
+    logger.info(
+        "executor ready (imports took %.1f s); serving %s", seconds, args.runtime_api_address
+    )
     try:
         executor.serve()
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import sys
 from importlib.metadata import entry_points
 
 import typer
+
 from consortia.common.errors import ConsortiaError
 from consortia.common.logs import setup_logging
 

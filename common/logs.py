@@ -14,13 +14,12 @@ __all__ = ["UTCFormatter", "add_file_handler", "setup_logging"]
 class UTCFormatter(logging.Formatter):
     """ISO-8601 timestamps in UTC, whatever the machine's time zone."""
 
-    converter = time.gmtime
-
     def __init__(self) -> None:
         super().__init__(
             fmt="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
             datefmt="%Y-%m-%dT%H:%M:%S",
         )
+        self.converter = time.gmtime
 
 
 def setup_logging(level: int = logging.INFO) -> None:

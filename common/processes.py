@@ -4,6 +4,7 @@ executors) so that nothing is left behind, also on Ctrl-C or an error.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -141,10 +142,8 @@ class ManagedProcess:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class ProcessGroup:

@@ -6,6 +6,7 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,29 +16,38 @@ from consortia.common.settings import Task, load_run_settings
 from consortia.server.demo import DemoOptions, run_demo
 from consortia.server.progress import final_table, follow_run
 from consortia.server.run_folder import RESULTS_FILE
-from consortia.server.submit import stop_run, submit_run, write_app_dir
+from consortia.server.submit import stop_run, stream_logs, submit_run, write_app_dir
 from consortia.server.superlink import start_superlink
 
 __all__ = ["register"]
 
-server_app = typer.Typer(help="Run the coordinator's server (a Flower SuperLink).",
-                         no_args_is_help=True)
+server_app = typer.Typer(
+    help="Run the coordinator's server (a Flower SuperLink).", no_args_is_help=True
+)
 console = Console()
+
+
+_INSECURE_HELP = "Plain HTTP between sites and server (until the PKI is set up)."
 
 
 @server_app.command("start")
 def server_start(
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for all)."),
-    port: int = typer.Option(9092, help="Port of the SuperLink's Fleet/Control API."),
-    state_dir: Path = typer.Option(Path.home() / ".consortia" / "server",
-                                   help="SuperLink database, Flower home and logs."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders are written."),
-    insecure: bool = typer.Option(True, help="Plain HTTP (TLS arrives with the PKI)."),
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for all).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port of the SuperLink's Fleet/Control API.")] = 9092,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="SuperLink database, Flower home, logs [~/.consortia/server]."),
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders are written.")] = Path("runs"),
+    insecure: Annotated[bool, typer.Option(help=_INSECURE_HELP)] = True,
 ) -> None:
     """Start the SuperLink; runs until Ctrl-C."""
     stop_on_sigterm()
+    state = state_dir or Path.home() / ".consortia" / "server"
     with ProcessGroup() as group:
-        start_superlink(group, state_dir, runs_dir, host=host, port=port, insecure=insecure)
+        start_superlink(group, state, runs_dir, host=host, port=port, insecure=insecure)
         console.print(f"SuperLink listening on {host}:{port}; run folders in {runs_dir.resolve()}")
         try:
             while True:
@@ -48,13 +58,16 @@ def server_start(
 
 
 def run_command(
-    run_config: Path = typer.Argument(..., help="The study's run config (TOML)."),
-    superlink: str = typer.Option("127.0.0.1:9092", help="SuperLink address HOST:PORT."),
-    runs_dir: Path | None = typer.Option(
-        None, help="The server's runs folder, when it is visible from here: live progress."
+    run_config: Annotated[Path, typer.Argument(help="The study's run config (TOML).")],
+    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = (
+        "127.0.0.1:9092"
     ),
-    wait: bool = typer.Option(True, help="Wait for the run to end."),
-    insecure: bool = typer.Option(True, help="Plain HTTP (TLS arrives with the PKI)."),
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(help="The server's runs folder, if visible from here: live progress table."),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = True,
+    insecure: Annotated[bool, typer.Option(help=_INSECURE_HELP)] = True,
 ) -> None:
     """Submit a study to a running server and follow it."""
     settings = load_run_settings(run_config)
@@ -64,10 +77,13 @@ def run_command(
     flwr_home = work / "flwr"
     run_id = submit_run(app_dir, superlink, flwr_home=flwr_home, insecure=insecure)
     console.print(f"Submitted run [bold]{run_name}[/] (Flower run {run_id}) to {superlink}.")
-    if runs_dir is None or not wait:
-        console.print("The server writes results to <server runs dir>/" + run_name)
+    if not wait:
+        console.print(f"The server writes its results to <runs dir>/{run_name}/")
         return
     try:
+        if runs_dir is None:
+            stream_logs(run_id, superlink, flwr_home=flwr_home, insecure=insecure)
+            return
         follow_run(runs_dir / run_name, settings.rounds, settings.task, console=console)
     except KeyboardInterrupt:
         stop_run(run_id, superlink, flwr_home=flwr_home, insecure=insecure)
@@ -77,16 +93,18 @@ def run_command(
 
 
 def demo_command(
-    rounds: int = typer.Option(5, min=1, help="Federated rounds."),
-    sites: int = typer.Option(4, min=2, max=26, help="Sites; the last one is held out."),
-    task: Task = typer.Option(Task.SEGMENTATION, help="segmentation or classification."),
-    output: Path = typer.Option(Path("runs"), help="Folder for run folders."),
-    local_epochs: int = typer.Option(2, min=1, help="Local epochs per round."),
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
+    sites: Annotated[int, typer.Option(min=2, max=26, help="Sites; the last is held out.")] = 4,
+    task: Annotated[Task, typer.Option(help="What to learn.")] = Task.SEGMENTATION,
+    output: Annotated[Path, typer.Option(help="Folder for run folders.")] = Path("runs"),
+    local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 2,
 ) -> None:
     """A whole federation on this machine on synthetic data (SuperLink + SuperNodes)."""
     stop_on_sigterm()
-    run_demo(DemoOptions(rounds=rounds, sites=sites, task=task, output=output,
-                         local_epochs=local_epochs), console)
+    options = DemoOptions(
+        rounds=rounds, sites=sites, task=task, output=output, local_epochs=local_epochs
+    )
+    run_demo(options, console)
 
 
 def register(app: typer.Typer) -> None:

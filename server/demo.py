@@ -40,6 +40,7 @@ class DemoOptions:
     task: Task = Task.SEGMENTATION
     output: Path = Path("runs")
     local_epochs: int = 2
+    channels: tuple[int, ...] = (8, 16, 32, 64)
     train_cases: int = 160
     test_cases: int = 48
     image_size: int = 64
@@ -50,11 +51,21 @@ class DemoOptions:
 def demo_run_settings(options: DemoOptions, run_name: str) -> RunSettings:
     """A small, fast study: a 2D U-Net (segmentation) or ResNet-18 (classification)."""
     if options.task is Task.SEGMENTATION:
-        model = ModelConfig(architecture="unet", channels=(8, 16, 32, 64), strides=(2, 2, 2),
-                            num_res_units=0, norm_groups=4)
+        model = ModelConfig(
+            architecture="unet",
+            channels=options.channels,
+            strides=(2, 2, 2),
+            num_res_units=0,
+            norm_groups=4,
+        )
     else:
-        model = ModelConfig(architecture="resnet18", conv1_kernel=3, conv1_stride=1,
-                            no_max_pool=False, norm_groups=8)
+        model = ModelConfig(
+            architecture="resnet18",
+            conv1_kernel=3,
+            conv1_stride=1,
+            no_max_pool=False,
+            norm_groups=8,
+        )
     return RunSettings(
         name=run_name,
         task=options.task,
@@ -64,15 +75,18 @@ def demo_run_settings(options: DemoOptions, run_name: str) -> RunSettings:
         connect_timeout_s=120.0,
         round_timeout_s=600.0,
         model=model,
-        training=TrainingSettings(local_epochs=options.local_epochs, batch_size=16,
-                                  learning_rate=2e-3),
+        training=TrainingSettings(
+            local_epochs=options.local_epochs, batch_size=16, learning_rate=2e-3
+        ),
     )
 
 
 def _write_sites(workspace: Path, options: DemoOptions, superlink: str) -> list[Path]:
     data_settings = DemoDataSettings(
-        image_size=options.image_size, train_cases=options.train_cases,
-        test_cases=options.test_cases, seed=options.seed,
+        image_size=options.image_size,
+        train_cases=options.train_cases,
+        test_cases=options.test_cases,
+        seed=options.seed,
     )
     configs = []
     for index in range(options.sites):
@@ -83,12 +97,23 @@ def _write_sites(workspace: Path, options: DemoOptions, superlink: str) -> list[
         write_site_npz(site_dir / "data.npz", index, data_settings)
         config = site_dir / "site.toml"
         config.write_text(
-            "\n".join([
-                "[site]", f'name = "{name}"', f'role = "{role}"', "",
-                "[data]", 'path = "data.npz"', 'format = "npz"', "",
-                "[node]", f'superlink = "{superlink}"', "insecure = true",
-                f'state_dir = "{site_dir / "node"}"', "",
-            ]),
+            "\n".join(
+                [
+                    "[site]",
+                    f'name = "{name}"',
+                    f'role = "{role}"',
+                    "",
+                    "[data]",
+                    'path = "data.npz"',
+                    'format = "npz"',
+                    "",
+                    "[node]",
+                    f'superlink = "{superlink}"',
+                    "insecure = true",
+                    f'state_dir = "{site_dir / "node"}"',
+                    "",
+                ]
+            ),
             encoding="utf-8",
         )
         configs.append(config)
@@ -96,11 +121,22 @@ def _write_sites(workspace: Path, options: DemoOptions, superlink: str) -> list[
 
 
 def _node_process(config: Path, threads: int) -> ManagedProcess:
-    args = [sys.executable, "-m", "consortia.common.cli", "node", "start",
-            "--site-config", str(config), "--runtime-port", str(free_port()),
-            "--num-threads", str(threads)]
-    return ManagedProcess(f"node {config.parent.name}", args,
-                          config.parent / "node" / "node.log", env=process_env())
+    args = [
+        sys.executable,
+        "-m",
+        "consortia.common.cli",
+        "node",
+        "start",
+        "--site-config",
+        str(config),
+        "--runtime-port",
+        str(free_port()),
+        "--num-threads",
+        str(threads),
+    ]
+    return ManagedProcess(
+        f"node {config.parent.name}", args, config.parent / "node" / "node.log", env=process_env()
+    )
 
 
 def run_demo(options: DemoOptions, console: Console) -> Path:
@@ -114,10 +150,13 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
     workspace = run_dir / "workspace"
     workspace.mkdir(parents=True)
     settings = demo_run_settings(options, run_name)
-    console.print(f"[bold]Consortia demo[/]: {options.sites} sites ({options.sites - 1} training, "
-                  f"1 held out), {options.rounds} rounds, task {options.task.value}.")
-    console.print("[yellow]The images are SYNTHETIC (generated on this machine), "
-                  "not patient data.[/]")
+    console.print(
+        f"[bold]Consortia demo[/]: {options.sites} sites ({options.sites - 1} training, "
+        f"1 held out), {options.rounds} rounds, task {options.task.value}."
+    )
+    console.print(
+        "[yellow]The images are SYNTHETIC (generated on this machine), not patient data.[/]"
+    )
     port = free_port()
     superlink = f"127.0.0.1:{port}"
     configs = _write_sites(workspace, options, superlink)
@@ -130,8 +169,14 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
                 group.start(_node_process(config, threads))
             app_dir = write_app_dir(workspace / "app", settings, run_name)
             run_id = submit_run(app_dir, superlink, flwr_home=workspace / "flwr-cli")
-            follow_run(run_dir, options.rounds, options.task, console=console,
-                       check_alive=group.check_alive, timeout_s=options.timeout_s)
+            follow_run(
+                run_dir,
+                options.rounds,
+                options.task,
+                console=console,
+                check_alive=group.check_alive,
+                timeout_s=options.timeout_s,
+            )
         except KeyboardInterrupt:
             console.print("[red]interrupted: stopping every demo process[/]")
             if run_id is not None:

@@ -22,7 +22,20 @@ from flwr.serverapp import Grid
 
 from consortia.common import records as rk
 from consortia.common.errors import ConsortiaError
+from consortia.common.instructions import Instruction
 from consortia.common.models import build_model
+from consortia.common.record_fields import (
+    RecordFieldError,
+    get_array,
+    get_array_record,
+    get_config_record,
+    get_float,
+    get_int,
+    get_metric_record,
+    get_str,
+    metric_floats,
+    metric_lists,
+)
 from consortia.common.settings import Role, RunSettings
 from consortia.common.weights import WeightLayout
 from consortia.server.aggregation import UpdateShapeError, check_update, weighted_average
@@ -32,7 +45,6 @@ from consortia.server.run_folder import RunFolder
 __all__ = ["Federation", "FederationError", "Site"]
 
 logger = logging.getLogger("consortia.server")
-
 
 
 class FederationError(ConsortiaError):
@@ -55,10 +67,16 @@ def _to_record(weights: np.ndarray) -> ArrayRecord:
     return ArrayRecord({rk.WEIGHTS_ARRAY: Array(np.ascontiguousarray(weights))})
 
 
-def _from_record(record: ArrayRecord) -> np.ndarray:
-    if rk.WEIGHTS_ARRAY not in record:
-        raise UpdateShapeError(f"has no '{rk.WEIGHTS_ARRAY}' array")
-    return record[rk.WEIGHTS_ARRAY].numpy()
+def _site_from_reply(node_id: int, reply: Message) -> Site:
+    info = get_config_record(reply.content, rk.INFO_KEY)
+    return Site(
+        node_id=node_id,
+        name=get_str(info, rk.SITE_NAME),
+        role=Role(get_str(info, rk.SITE_ROLE)),
+        num_train=get_int(info, rk.SITE_NUM_TRAIN),
+        num_eval=get_int(info, rk.SITE_NUM_EVAL),
+        data_fingerprint=get_str(info, rk.SITE_DATA_FINGERPRINT),
+    )
 
 
 class Federation:
@@ -77,7 +95,6 @@ class Federation:
         self.folder = folder
         self.poll_interval_s = poll_interval_s
         self.sites: dict[int, Site] = {}
-        self._model_settings_json = settings.model.model_dump_json()
         model = build_model(settings.model.to_model_settings())
         self.layout = WeightLayout.of(model.state_dict())
         self.initial_weights = self.layout.flatten(model.state_dict())
@@ -92,7 +109,9 @@ class Federation:
     ) -> dict[int, Message]:
         """Push `messages`, pull replies as they arrive until all came or `timeout_s`."""
         message_ids = list(self.grid.push_messages(messages))
-        node_of = {mid: msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True)}
+        node_of = {
+            mid: msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True)
+        }
         pending = set(message_ids)
         replies: dict[int, Message] = {}
         deadline = time.monotonic() + timeout_s
@@ -112,28 +131,21 @@ class Federation:
             logger.warning("no reply from node %d within %.0f s", node_of[message_id], timeout_s)
         return replies
 
-    def _config(self, round_number: int, *, train: bool) -> ConfigRecord:
+    def _instruction(self, round_number: int, *, train: bool) -> Instruction:
         s = self.settings
-        final = round_number > s.rounds
-        config: dict[str, int | float | str | bool] = {
-            rk.CFG_ROUND: round_number,
-            rk.CFG_RUN_NAME: s.name,
-            rk.CFG_TASK: s.task.value,
-            rk.CFG_MODEL_SETTINGS: self._model_settings_json,
-            rk.CFG_LAYOUT_FINGERPRINT: self.layout.fingerprint(),
-            rk.CFG_BATCH_SIZE: s.training.batch_size,
-            rk.CFG_SURFACE_METRICS: final or s.surface_metrics == "every_round",
-        }
-        if train:
-            config.update(
-                {
-                    rk.CFG_LOCAL_EPOCHS: s.training.local_epochs,
-                    rk.CFG_LEARNING_RATE: s.training.learning_rate,
-                    rk.CFG_SEED: s.seed,
-                    rk.CFG_EVALUATE_FIRST: True,
-                }
-            )
-        return ConfigRecord(config)
+        return Instruction(
+            round=round_number,
+            run_name=s.name,
+            task=s.task,
+            model=s.model.to_model_settings(),
+            layout_fingerprint=self.layout.fingerprint(),
+            batch_size=s.training.batch_size,
+            surface_metrics=round_number > s.rounds or s.surface_metrics == "every_round",
+            local_epochs=s.training.local_epochs if train else 0,
+            learning_rate=s.training.learning_rate if train else 0.0,
+            seed=s.seed,
+            evaluate_first=train,
+        )
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -156,8 +168,12 @@ class Federation:
         node_ids = self.wait_for_nodes()
         config = ConfigRecord({rk.CFG_TASK: self.settings.task.value})
         messages = [
-            Message(RecordDict({rk.CONFIG_KEY: config}), dst_node_id=node_id,
-                    message_type=MessageType.QUERY, group_id="discover")
+            Message(
+                RecordDict({rk.CONFIG_KEY: config}),
+                dst_node_id=node_id,
+                message_type=MessageType.QUERY,
+                group_id="discover",
+            )
             for node_id in node_ids
         ]
         replies = self.exchange(messages, self.settings.connect_timeout_s)
@@ -167,15 +183,12 @@ class Federation:
                 self.folder.event("site_refused", node_id=node_id, reason=reply.error.reason)
                 logger.warning("node %d left out: %s", node_id, reply.error.reason)
                 continue
-            info = reply.content[rk.INFO_KEY]
-            site = Site(
-                node_id=node_id,
-                name=str(info[rk.SITE_NAME]),
-                role=Role(str(info[rk.SITE_ROLE])),
-                num_train=int(info[rk.SITE_NUM_TRAIN]),
-                num_eval=int(info[rk.SITE_NUM_EVAL]),
-                data_fingerprint=str(info[rk.SITE_DATA_FINGERPRINT]),
-            )
+            try:
+                site = _site_from_reply(node_id, reply)
+            except (RecordFieldError, ValueError) as err:
+                self.folder.event("site_refused", node_id=node_id, reason=str(err))
+                logger.warning("node %d left out: malformed answer: %s", node_id, err)
+                continue
             if site.name in names:
                 self.folder.event("site_refused", node_id=node_id, reason="duplicate site name")
                 logger.warning("node %d left out: duplicate site name %s", node_id, site.name)
@@ -185,16 +198,18 @@ class Federation:
             self.folder.event("site_joined", site=site.name, role=site.role.value)
         if not any(site.role is Role.TRAIN for site in self.sites.values()):
             raise FederationError("no training site answered; nothing to train")
-        self.folder.results["sites"] = [asdict(site) | {"role": site.role.value}
-                                        for site in self.sites.values()]
+        self.folder.results["sites"] = [
+            asdict(site) | {"role": site.role.value} for site in self.sites.values()
+        ]
         self.folder.save()
         return list(self.sites.values())
 
     # -- rounds ----------------------------------------------------------------------------
 
     def select_training_sites(self, round_number: int) -> list[Site]:
-        trainers = sorted((s for s in self.sites.values() if s.role is Role.TRAIN),
-                          key=lambda s: s.name)
+        trainers = sorted(
+            (s for s in self.sites.values() if s.role is Role.TRAIN), key=lambda s: s.name
+        )
         k = self.settings.sites_per_round or len(trainers)
         if k >= len(trainers):
             return trainers
@@ -209,21 +224,29 @@ class Federation:
         messages = []
         for node_id in sorted(self.sites):
             train = node_id in train_ids
-            content = RecordDict({
-                rk.ARRAYS_KEY: arrays,
-                rk.CONFIG_KEY: self._config(round_number, train=train),
-            })
+            content = RecordDict(
+                {
+                    rk.ARRAYS_KEY: arrays,
+                    rk.CONFIG_KEY: self._instruction(round_number, train=train).to_config(),
+                }
+            )
             kind = MessageType.TRAIN if train else MessageType.EVALUATE
-            messages.append(Message(content, dst_node_id=node_id, message_type=kind,
-                                    group_id=str(round_number)))
-            self.folder.event("sent", round=round_number, site=self.sites[node_id].name,
-                              kind="train" if train else "evaluate")
+            messages.append(
+                Message(content, dst_node_id=node_id, message_type=kind, group_id=str(round_number))
+            )
+            self.folder.event(
+                "sent",
+                round=round_number,
+                site=self.sites[node_id].name,
+                kind="train" if train else "evaluate",
+            )
 
         def on_reply(node_id: int, reply: Message) -> None:
             site = self.sites[node_id].name
             if reply.has_error():
-                self.folder.event("failed", round=round_number, site=site,
-                                  reason=reply.error.reason)
+                self.folder.event(
+                    "failed", round=round_number, site=site, reason=reply.error.reason
+                )
             else:
                 self.folder.event("replied", round=round_number, site=site)
 
@@ -235,12 +258,15 @@ class Federation:
         for node_id, reply in replies.items():
             if reply.has_error() or rk.EVAL_METRICS_KEY not in reply.content:
                 continue
-            sums = {k: float(v) for k, v in reply.content[rk.EVAL_METRICS_KEY].items()}  # type: ignore[arg-type]
-            hists: dict[str, list[float]] = {}
-            if rk.EVAL_HIST_KEY in reply.content:
-                hists = {k: [float(x) for x in v]  # type: ignore[union-attr]
-                         for k, v in reply.content[rk.EVAL_HIST_KEY].items()}
             name = self.sites[node_id].name
+            try:
+                sums = metric_floats(get_metric_record(reply.content, rk.EVAL_METRICS_KEY))
+                hists: dict[str, list[float]] = {}
+                if rk.EVAL_HIST_KEY in reply.content:
+                    hists = metric_lists(get_metric_record(reply.content, rk.EVAL_HIST_KEY))
+            except RecordFieldError as err:
+                logger.warning("evaluation of %s ignored: %s", name, err)
+                continue
             summaries[name] = (sums, hists)
             per_site[name] = site_metrics(self.settings.task, sums, hists)
         roles = {site.name: site.role for site in self.sites.values()}
@@ -252,11 +278,15 @@ class Federation:
             "training_sites": pooled_metrics(self.settings.task, training) if training else None,
         }
         self.folder.update_round(model_round, evaluation=evaluation)
-        self.folder.event("evaluated", round=model_round, holdout=evaluation["holdout"],
-                          sites=per_site)
+        self.folder.event(
+            "evaluated", round=model_round, holdout=evaluation["holdout"], sites=per_site
+        )
 
     def _aggregate(
-        self, round_number: int, weights: np.ndarray, replies: Mapping[int, Message],
+        self,
+        round_number: int,
+        weights: np.ndarray,
+        replies: Mapping[int, Message],
         trainers: Sequence[Site],
     ) -> np.ndarray:
         updates: list[tuple[np.ndarray, float]] = []
@@ -268,22 +298,26 @@ class Federation:
                 rejected[site.name] = "no reply before the round timeout"
                 continue
             if reply.has_error():
-                rejected[site.name] = reply.error.reason
+                rejected[site.name] = reply.error.reason or f"error {reply.error.code}"
                 continue
-            metrics = reply.content[rk.TRAIN_METRICS_KEY]
             try:
-                update = _from_record(reply.content[rk.ARRAYS_KEY])
+                metrics = get_metric_record(reply.content, rk.TRAIN_METRICS_KEY)
+                count = get_float(metrics, rk.M_NUM_EXAMPLES)
+                update = get_array(get_array_record(reply.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY)
                 check_update(weights, update)
-            except UpdateShapeError as err:
+                if not 0 < count <= site.num_train:
+                    raise UpdateShapeError(
+                        f"claims {count:.0f} examples; the site registered {site.num_train}"
+                    )
+                train_info[site.name] = {
+                    "examples": count,
+                    "loss": get_float(metrics, rk.M_TRAIN_LOSS),
+                    "compute_s": get_float(metrics, rk.M_COMPUTE_S),
+                }
+            except (RecordFieldError, UpdateShapeError) as err:
                 rejected[site.name] = f"update rejected: {err}"
                 continue
-            count = float(metrics[rk.M_NUM_EXAMPLES])  # type: ignore[arg-type]
             updates.append((update, count))
-            train_info[site.name] = {
-                "examples": count,
-                "loss": float(metrics[rk.M_TRAIN_LOSS]),  # type: ignore[arg-type]
-                "compute_s": float(metrics[rk.M_COMPUTE_S]),  # type: ignore[arg-type]
-            }
         for name, reason in rejected.items():
             logger.warning("round %d: %s left out: %s", round_number, name, reason)
         if not updates:
@@ -291,8 +325,12 @@ class Federation:
         new_weights = weighted_average(updates)
         checkpoint = self.folder.checkpoint(round_number, self.layout.unflatten(new_weights))
         self.folder.update_round(
-            round_number, participants=sorted(train_info), train=train_info,
-            left_out=rejected, total_examples=sum(c for _, c in updates), checkpoint=checkpoint,
+            round_number,
+            participants=sorted(train_info),
+            train=train_info,
+            left_out=rejected,
+            total_examples=sum(c for _, c in updates),
+            checkpoint=checkpoint,
         )
         return new_weights
 
@@ -304,10 +342,15 @@ class Federation:
         for round_number in range(1, self.settings.rounds + 1):
             started = time.monotonic()
             trainers = self.select_training_sites(round_number)
-            logger.info("round %d/%d: training at %s", round_number, self.settings.rounds,
-                        ", ".join(s.name for s in trainers))
-            self.folder.event("round_started", round=round_number,
-                              trainers=[s.name for s in trainers])
+            logger.info(
+                "round %d/%d: training at %s",
+                round_number,
+                self.settings.rounds,
+                ", ".join(s.name for s in trainers),
+            )
+            self.folder.event(
+                "round_started", round=round_number, trainers=[s.name for s in trainers]
+            )
             replies = self._wave(round_number, weights, trainers)
             self._record_evaluation(round_number - 1, replies)
             weights = self._aggregate(round_number, weights, replies, trainers)
@@ -317,5 +360,3 @@ class Federation:
         final = self._wave(self.settings.rounds + 1, weights, trainers=())
         self._record_evaluation(self.settings.rounds, final)
         return weights
-
-

@@ -93,8 +93,9 @@ def follow_run(
     events_path = run_dir / EVENTS_FILE
     position = 0
     started = time.monotonic()
-    with Live(_render(progress, started, metric), console=console, refresh_per_second=4,
-              transient=False) as live:
+    with Live(
+        _render(progress, started, metric), console=console, refresh_per_second=4, transient=False
+    ) as live:
         while progress.finished is None:
             if time.monotonic() - started > timeout_s:
                 raise ConsortiaError(f"run did not finish within {timeout_s:.0f} s")
@@ -119,8 +120,8 @@ def final_table(results: dict[str, Any]) -> Table:
     """Per round: the held-out metric and each site's metric of that round's model."""
     task = Task(results["task"])
     metric = headline_metric(task)
-    sites = [site["name"] for site in results.get("sites", [])]
     roles = {site["name"]: site["role"] for site in results.get("sites", [])}
+    sites = sorted(roles, key=lambda name: (roles[name] != "train", name))
     table = Table(title=f"{metric.upper()} of the global model after each round")
     table.add_column("round", justify="right")
     table.add_column(f"held-out {metric}", justify="right", style="bold")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["RESULTS_FILE", "EVENTS_FILE", "RunFolder", "utc_now", "write_json_atomic"]
+__all__ = ["EVENTS_FILE", "RESULTS_FILE", "RunFolder", "utc_now", "write_json_atomic"]
 
 RESULTS_FILE = "results.json"
 EVENTS_FILE = "events.jsonl"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,13 @@ from consortia.common.errors import ConsortiaError
 from consortia.common.processes import process_env
 from consortia.common.settings import RunSettings
 
-__all__ = ["APP_COMPONENTS", "stop_run", "submit_run", "write_app_dir"]
+__all__ = [
+    "APP_COMPONENTS",
+    "stop_run",
+    "stream_logs",
+    "submit_run",
+    "write_app_dir",
+]
 
 logger = logging.getLogger("consortia.server")
 
@@ -66,8 +71,9 @@ def write_app_dir(dest: Path, settings: RunSettings, run_name: str) -> Path:
     return dest
 
 
-def _flwr_env(flwr_home: Path, superlink: str, insecure: bool,
-              root_certificates: Path | None) -> dict[str, str]:
+def _flwr_env(
+    flwr_home: Path, superlink: str, insecure: bool, root_certificates: Path | None
+) -> dict[str, str]:
     flwr_home.mkdir(parents=True, exist_ok=True)
     conn = [f"[superlink.{_CONNECTION}]", f"address = {_toml_string(superlink)}"]
     if insecure:
@@ -83,13 +89,23 @@ def _flwr() -> str:
     return str(Path(sys.executable).with_name("flwr"))
 
 
-def submit_run(app_dir: Path, superlink: str, *, flwr_home: Path, insecure: bool = True,
-               root_certificates: Path | None = None) -> int:
+def submit_run(
+    app_dir: Path,
+    superlink: str,
+    *,
+    flwr_home: Path,
+    insecure: bool = True,
+    root_certificates: Path | None = None,
+) -> int:
     """Start the run on the SuperLink's Control API; returns Flower's run id."""
     env = _flwr_env(flwr_home, superlink, insecure, root_certificates)
     result = subprocess.run(
         [_flwr(), "run", str(app_dir), _CONNECTION, "--format", "json"],
-        capture_output=True, text=True, env=env, check=False, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
     )
     payload: dict[str, object] = {}
     start = result.stdout.find("{")
@@ -106,9 +122,33 @@ def submit_run(app_dir: Path, superlink: str, *, flwr_home: Path, insecure: bool
     return run_id
 
 
-def stop_run(run_id: int, superlink: str, *, flwr_home: Path, insecure: bool = True,
-             root_certificates: Path | None = None) -> None:
+def stop_run(
+    run_id: int,
+    superlink: str,
+    *,
+    flwr_home: Path,
+    insecure: bool = True,
+    root_certificates: Path | None = None,
+) -> None:
     """Ask the SuperLink to stop a run (best effort)."""
     env = _flwr_env(flwr_home, superlink, insecure, root_certificates)
-    subprocess.run([_flwr(), "stop", str(run_id), _CONNECTION], capture_output=True,
-                   env=env, check=False, timeout=60)
+    subprocess.run(
+        [_flwr(), "stop", str(run_id), _CONNECTION],
+        capture_output=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+
+
+def stream_logs(
+    run_id: int,
+    superlink: str,
+    *,
+    flwr_home: Path,
+    insecure: bool = True,
+    root_certificates: Path | None = None,
+) -> None:
+    """Show the ServerApp's log lines (round progress) until the run ends."""
+    env = _flwr_env(flwr_home, superlink, insecure, root_certificates)
+    subprocess.run([_flwr(), "log", str(run_id), _CONNECTION, "--stream"], env=env, check=False)

@@ -51,6 +51,7 @@ def start_superlink(
             env=env,
         )
     )
-    wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port,
-                  startup_timeout_s, process)
+    wait_for_port(
+        "127.0.0.1" if host in ("0.0.0.0", "::") else host, port, startup_timeout_s, process
+    )
     return process

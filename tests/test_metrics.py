@@ -8,6 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+
 from consortia.common.metrics import (
     ACCURACY,
     ASD,
@@ -43,7 +45,6 @@ from consortia.common.metrics import (
     negative_histogram_key,
     positive_histogram_key,
 )
-from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
 SITE_SPLITS = ((0, 3), (3, 4), (4, 12))  # uneven, one site with a single case
 

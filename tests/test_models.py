@@ -7,17 +7,18 @@ from typing import Any
 
 import pytest
 import torch
+from opacus import PrivacyEngine
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, TensorDataset
+
 from consortia.common.models import (
     ModelSettings,
     NoInplaceResNetBlock,
     build_model,
     model_fingerprint,
 )
-from opacus import PrivacyEngine
-from opacus.validators import ModuleValidator
-from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader, TensorDataset
 
 SMALL_UNET: dict[str, Any] = {"channels": (8, 16, 32), "strides": (2, 2)}
 SMALL_STEM: dict[str, Any] = {"conv1_kernel": 3, "conv1_stride": 1, "no_max_pool": True}

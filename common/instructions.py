@@ -1,0 +1,84 @@
+"""What the server asks a site to do in one message, as typed data on both ends.
+
+The server builds an `Instruction` and sends `to_config()`; the site parses it back with
+`Instruction.from_config()`, which checks every field. Wire keys live in `records`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from flwr.app import ConfigRecord
+
+from consortia.common import records as rk
+from consortia.common.models import ModelSettings
+from consortia.common.record_fields import (
+    RecordFieldError,
+    get_bool,
+    get_float,
+    get_int,
+    get_str,
+)
+from consortia.common.settings import Task
+
+__all__ = ["Instruction"]
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One round's instruction to one site (train or evaluate)."""
+
+    round: int
+    run_name: str
+    task: Task
+    model: ModelSettings
+    layout_fingerprint: str
+    batch_size: int
+    surface_metrics: bool
+    local_epochs: int = 0
+    learning_rate: float = 0.0
+    seed: int = 0
+    evaluate_first: bool = False
+
+    def to_config(self) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                rk.CFG_ROUND: self.round,
+                rk.CFG_RUN_NAME: self.run_name,
+                rk.CFG_TASK: self.task.value,
+                rk.CFG_MODEL_SETTINGS: json.dumps(asdict(self)["model"]),
+                rk.CFG_LAYOUT_FINGERPRINT: self.layout_fingerprint,
+                rk.CFG_BATCH_SIZE: self.batch_size,
+                rk.CFG_SURFACE_METRICS: self.surface_metrics,
+                rk.CFG_LOCAL_EPOCHS: self.local_epochs,
+                rk.CFG_LEARNING_RATE: self.learning_rate,
+                rk.CFG_SEED: self.seed,
+                rk.CFG_EVALUATE_FIRST: self.evaluate_first,
+            }
+        )
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> Instruction:
+        try:
+            task = Task(get_str(config, rk.CFG_TASK))
+        except ValueError as err:
+            raise RecordFieldError(f"'{rk.CFG_TASK}': {err}") from None
+        try:
+            model_fields = json.loads(get_str(config, rk.CFG_MODEL_SETTINGS))
+            model = ModelSettings(**model_fields)
+        except (TypeError, ValueError) as err:
+            raise RecordFieldError(f"'{rk.CFG_MODEL_SETTINGS}': {err}") from None
+        return cls(
+            round=get_int(config, rk.CFG_ROUND),
+            run_name=get_str(config, rk.CFG_RUN_NAME),
+            task=task,
+            model=model,
+            layout_fingerprint=get_str(config, rk.CFG_LAYOUT_FINGERPRINT),
+            batch_size=get_int(config, rk.CFG_BATCH_SIZE),
+            surface_metrics=get_bool(config, rk.CFG_SURFACE_METRICS),
+            local_epochs=get_int(config, rk.CFG_LOCAL_EPOCHS),
+            learning_rate=get_float(config, rk.CFG_LEARNING_RATE),
+            seed=get_int(config, rk.CFG_SEED),
+            evaluate_first=get_bool(config, rk.CFG_EVALUATE_FIRST),
+        )
