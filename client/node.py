@@ -30,7 +30,7 @@ def supernode_args(site: SiteSettings, site_config: Path, runtime_port: int) -> 
         "--superlink",
         site.node.superlink,
         "--isolation",
-        "process",
+        "process" if site.node.executor == "warm" else "subprocess",
         "--host",
         "127.0.0.1",
         "--port",
@@ -69,6 +69,9 @@ def start_node_processes(
         )
     )
     wait_for_port("127.0.0.1", port, startup_timeout_s, supernode)
+    if site.node.executor == "subprocess":
+        logger.info("node %s started with Flower's subprocess isolation", site.site.name)
+        return log_dir
     executor_args = [
         sys.executable,
         "-m",

@@ -24,6 +24,7 @@ __all__ = [
     "free_port",
     "process_env",
     "stop_on_sigterm",
+    "wait_for_address",
     "wait_for_port",
 ]
 
@@ -61,6 +62,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def wait_for_address(address: str, timeout_s: float) -> None:
+    """Block until HOST:PORT accepts TCP connections; ConsortiaError after `timeout_s`."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return
+        except OSError as err:
+            if time.monotonic() > deadline:
+                raise ConsortiaError(
+                    f"nothing answers at {address} after {timeout_s:.0f} s ({err}); "
+                    "is the server running and the address right?"
+                ) from None
+            time.sleep(0.25)
 
 
 def wait_for_port(host: str, port: int, timeout_s: float, process: ManagedProcess) -> None:

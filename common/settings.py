@@ -133,6 +133,9 @@ class NodeSettings(_Strict):
     insecure: bool = True
     runtime_port: Annotated[int, Field(ge=1024, le=65535)] = 9094
     state_dir: Path | None = None
+    # "warm": our long-lived executor forks a pre-imported process per task (fast);
+    # "subprocess": Flower's stock isolation, a fresh `flwr-clientapp` per message.
+    executor: Literal["warm", "subprocess"] = "warm"
 
     @field_validator("superlink")
     @classmethod

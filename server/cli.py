@@ -98,11 +98,20 @@ def demo_command(
     task: Annotated[Task, typer.Option(help="What to learn.")] = Task.SEGMENTATION,
     output: Annotated[Path, typer.Option(help="Folder for run folders.")] = Path("runs"),
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 2,
+    image_size: Annotated[int, typer.Option(min=32, max=256, help="Image side (pixels).")] = 64,
+    cases: Annotated[int, typer.Option(min=4, help="Training cases per site.")] = 160,
 ) -> None:
     """A whole federation on this machine on synthetic data (SuperLink + SuperNodes)."""
     stop_on_sigterm()
     options = DemoOptions(
-        rounds=rounds, sites=sites, task=task, output=output, local_epochs=local_epochs
+        rounds=rounds,
+        sites=sites,
+        task=task,
+        output=output,
+        local_epochs=local_epochs,
+        image_size=image_size,
+        train_cases=cases,
+        test_cases=max(4, cases * 3 // 10),
     )
     run_demo(options, console)
 

@@ -46,6 +46,8 @@ class DemoOptions:
     image_size: int = 64
     seed: int = 0
     timeout_s: float = 1800.0
+    holdout_sites: int = 1
+    executor: str = "warm"
 
 
 def demo_run_settings(options: DemoOptions, run_name: str) -> RunSettings:
@@ -90,7 +92,7 @@ def _write_sites(workspace: Path, options: DemoOptions, superlink: str) -> list[
     )
     configs = []
     for index in range(options.sites):
-        role = "holdout" if index == options.sites - 1 else "train"
+        role = "holdout" if index >= options.sites - options.holdout_sites else "train"
         name = f"hospital-{chr(ord('a') + index)}" if index < 26 else f"hospital-{index}"
         site_dir = workspace / "sites" / name
         site_dir.mkdir(parents=True)
@@ -110,6 +112,7 @@ def _write_sites(workspace: Path, options: DemoOptions, superlink: str) -> list[
                     "[node]",
                     f'superlink = "{superlink}"',
                     "insecure = true",
+                    f'executor = "{options.executor}"',
                     f'state_dir = "{site_dir / "node"}"',
                     "",
                 ]
@@ -141,8 +144,12 @@ def _node_process(config: Path, threads: int) -> ManagedProcess:
 
 def run_demo(options: DemoOptions, console: Console) -> Path:
     """Run the whole demo federation; returns the run folder."""
-    if options.sites < 2:
-        raise ConsortiaError("demo: --sites must be at least 2 (training sites + 1 held out)")
+    trainers = options.sites - options.holdout_sites
+    if trainers < 1 or options.holdout_sites < 0:
+        raise ConsortiaError(
+            f"demo: {options.sites} sites with {options.holdout_sites} held out leaves no "
+            "training site"
+        )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_name = f"demo-{options.task.value[:3]}-{stamp}"
     output = options.output.resolve()
@@ -151,8 +158,8 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
     workspace.mkdir(parents=True)
     settings = demo_run_settings(options, run_name)
     console.print(
-        f"[bold]Consortia demo[/]: {options.sites} sites ({options.sites - 1} training, "
-        f"1 held out), {options.rounds} rounds, task {options.task.value}."
+        f"[bold]Consortia demo[/]: {options.sites} sites ({trainers} training, "
+        f"{options.holdout_sites} held out), {options.rounds} rounds, task {options.task.value}."
     )
     console.print(
         "[yellow]The images are SYNTHETIC (generated on this machine), not patient data.[/]"
@@ -160,7 +167,7 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
     port = free_port()
     superlink = f"127.0.0.1:{port}"
     configs = _write_sites(workspace, options, superlink)
-    threads = max(1, (os.cpu_count() or 2) // max(1, options.sites - 1))
+    threads = max(1, (os.cpu_count() or 2) // trainers)
     run_id: int | None = None
     with ProcessGroup() as group:
         try:

@@ -278,6 +278,11 @@ class Federation:
             "training_sites": pooled_metrics(self.settings.task, training) if training else None,
         }
         self.folder.update_round(model_round, evaluation=evaluation)
+        for scope in ("holdout", "training_sites"):
+            pooled = evaluation[scope]
+            if isinstance(pooled, dict):
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in pooled.items() if k != "cases")
+                logger.info("model after round %d, %s: %s", model_round, scope, shown)
         self.folder.event(
             "evaluated", round=model_round, holdout=evaluation["holdout"], sites=per_site
         )

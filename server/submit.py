@@ -15,7 +15,7 @@ from pathlib import Path
 
 from consortia.common import records as rk
 from consortia.common.errors import ConsortiaError
-from consortia.common.processes import process_env
+from consortia.common.processes import process_env, wait_for_address
 from consortia.common.settings import RunSettings
 
 __all__ = [
@@ -96,8 +96,10 @@ def submit_run(
     flwr_home: Path,
     insecure: bool = True,
     root_certificates: Path | None = None,
+    connect_timeout_s: float = 60.0,
 ) -> int:
     """Start the run on the SuperLink's Control API; returns Flower's run id."""
+    wait_for_address(superlink, connect_timeout_s)
     env = _flwr_env(flwr_home, superlink, insecure, root_certificates)
     result = subprocess.run(
         [_flwr(), "run", str(app_dir), _CONNECTION, "--format", "json"],

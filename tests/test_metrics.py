@@ -268,7 +268,7 @@ def test_combine_adds_key_wise() -> None:
     assert combine([]) == {}
     assert combine([{CASES: np.int64(2)}, {CASES: np.float32(1.0)}]) == {CASES: 3.0}
     with pytest.raises(TypeError, match=DICE_SUM):
-        combine([{DICE_SUM: "1"}])  # type: ignore[dict-item]
+        combine([{DICE_SUM: "1"}])
     with pytest.raises(ValueError, match=DICE_SUM):
         combine([{DICE_SUM: float("nan")}])
     with pytest.raises(ValueError, match="bins"):

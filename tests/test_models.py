@@ -123,7 +123,7 @@ def test_fingerprint_ignores_values_and_dropout() -> None:
 
 
 def test_lists_become_tuples() -> None:
-    settings = ModelSettings("unet", channels=[8, 16], strides=[2])  # type: ignore[arg-type]
+    settings = ModelSettings("unet", channels=[8, 16], strides=[2])
     assert settings.channels == (8, 16)
     assert settings.strides == (2,)
     assert hash(settings) == hash(ModelSettings("unet", channels=(8, 16), strides=(2,)))
@@ -174,7 +174,7 @@ def test_wrong_types_name_the_field(kwargs: dict[str, Any], field: str) -> None:
 
 def test_build_model_rejects_non_settings() -> None:
     with pytest.raises(TypeError, match="settings"):
-        build_model({"architecture": "unet"})  # type: ignore[arg-type]
+        build_model({"architecture": "unet"})
 
 
 def _private_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -1,0 +1,56 @@
+"""Instructions survive the wire; malformed ones are refused with the key named."""
+
+from __future__ import annotations
+
+import pytest
+from flwr.app import ConfigRecord
+
+from consortia.common import records as rk
+from consortia.common.instructions import Instruction
+from consortia.common.models import ModelSettings
+from consortia.common.record_fields import RecordFieldError
+from consortia.common.settings import Task
+
+
+def _instruction() -> Instruction:
+    return Instruction(
+        round=3,
+        run_name="study",
+        task=Task.SEGMENTATION,
+        model=ModelSettings(architecture="unet", channels=(8, 16), strides=(2,), norm_groups=4),
+        layout_fingerprint="abc",
+        batch_size=8,
+        surface_metrics=False,
+        local_epochs=2,
+        learning_rate=0.01,
+        seed=5,
+        evaluate_first=True,
+    )
+
+
+def test_round_trip() -> None:
+    original = _instruction()
+    assert Instruction.from_config(original.to_config()) == original
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        (rk.CFG_ROUND, "3", "'round' must be an integer"),
+        (rk.CFG_TASK, "regression", "'task'"),
+        (rk.CFG_MODEL_SETTINGS, '{"architecture": "vgg"}', "'model-settings'"),
+        (rk.CFG_EVALUATE_FIRST, 1, "'evaluate-first' must be true or false"),
+    ],
+)
+def test_malformed_field_is_named(key: str, value: object, match: str) -> None:
+    config = dict(_instruction().to_config())
+    config[key] = value
+    with pytest.raises(RecordFieldError, match=match):
+        Instruction.from_config(ConfigRecord(config))
+
+
+def test_missing_field_is_named() -> None:
+    config = dict(_instruction().to_config())
+    del config[rk.CFG_BATCH_SIZE]
+    with pytest.raises(RecordFieldError, match="no 'batch-size'"):
+        Instruction.from_config(ConfigRecord(config))

@@ -1,0 +1,112 @@
+"""Run and site configs: valid files load, every kind of mistake names file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consortia.common.errors import ConfigError
+from consortia.common.settings import (
+    Role,
+    Task,
+    load_run_settings,
+    load_site_settings,
+    run_settings_from_json,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["run-segmentation.toml", "run-classification.toml"])
+def test_shipped_run_configs_are_valid(name: str) -> None:
+    settings = load_run_settings(CONFIGS / name)
+    assert settings.rounds >= 1
+    settings.model.to_model_settings()  # builds through the factory's checks
+
+
+def test_run_config_round_trips_through_json() -> None:
+    settings = load_run_settings(CONFIGS / "run-classification.toml")
+    assert run_settings_from_json(settings.to_json()) == settings
+    assert settings.task is Task.CLASSIFICATION
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, "run.toml", "[run]\nrounds = 3\nround = 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_run_settings(path)
+    assert "run.toml" in str(err.value)
+    assert "round: unknown key" in str(err.value)
+
+
+def test_nested_unknown_key_is_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, "run.toml", "[run]\n[run.training]\nepochs = 3\n")
+    with pytest.raises(ConfigError, match=r"training\.epochs: unknown key"):
+        load_run_settings(path)
+
+
+def test_wrong_type_and_range_are_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, "run.toml", '[run]\nrounds = "many"\n')
+    with pytest.raises(ConfigError, match=r"rounds: .*integer"):
+        load_run_settings(path)
+    path = _write(tmp_path, "run2.toml", "[run]\nrounds = 0\n")
+    with pytest.raises(ConfigError, match=r"rounds: .*greater than or equal to 1"):
+        load_run_settings(path)
+    path = _write(tmp_path, "run3.toml", '[run]\ntask = "regression"\n')
+    with pytest.raises(ConfigError, match=r"task: "):
+        load_run_settings(path)
+
+
+def test_model_factory_checks_surface_at_load(tmp_path: Path) -> None:
+    path = _write(tmp_path, "run.toml", "[run]\n[run.model]\nchannels = [6, 12]\nstrides = [2]\n")
+    with pytest.raises(ConfigError, match="norm_groups"):
+        load_run_settings(path)
+
+
+def test_missing_table_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_run_settings(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="run: required table is missing"):
+        load_run_settings(_write(tmp_path, "empty.toml", "# nothing\n"))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_run_settings(_write(tmp_path, "bad.toml", "[run\n"))
+    with pytest.raises(ConfigError, match="unknown top-level table"):
+        load_run_settings(_write(tmp_path, "extra.toml", "[run]\n[study]\n"))
+
+
+def test_site_config_resolves_data_relative_to_file(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "site.npz").write_bytes(b"x")
+    path = _write(
+        tmp_path,
+        "site.toml",
+        '[site]\nname = "hospital-a"\nrole = "holdout"\n[data]\npath = "data/site.npz"\n'
+        '[node]\nsuperlink = "10.0.0.1:9092"\nstate_dir = "state"\n',
+    )
+    site = load_site_settings(path)
+    assert site.site.role is Role.HOLDOUT
+    assert site.data.path == (tmp_path / "data" / "site.npz").resolve()
+    assert site.node.state_dir == (tmp_path / "state").resolve()
+
+
+def test_site_config_errors(tmp_path: Path) -> None:
+    missing = _write(tmp_path, "a.toml", '[site]\nname = "a"\n[data]\npath = "none.npz"\n')
+    with pytest.raises(ConfigError, match=r"a\.toml: data\.path: data set not found"):
+        load_site_settings(missing)
+    no_name = _write(tmp_path, "b.toml", '[site]\nrole = "train"\n[data]\npath = "x"\n')
+    with pytest.raises(ConfigError, match=r"site\.name: required key is missing"):
+        load_site_settings(no_name)
+    bad_name = _write(tmp_path, "c.toml", '[site]\nname = "a b/c"\n[data]\npath = "x"\n')
+    with pytest.raises(ConfigError, match=r"site\.name"):
+        load_site_settings(bad_name)
+    bad_link = _write(
+        tmp_path, "d.toml", '[site]\nname = "a"\n[data]\npath = "x"\n[node]\nsuperlink = "x"\n'
+    )
+    with pytest.raises(ConfigError, match=r"node\.superlink: .*HOST:PORT"):
+        load_site_settings(bad_link)
