@@ -6,7 +6,9 @@ the site's data are logged here in full and reported to the server without file 
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import zlib
 from pathlib import Path
 
@@ -61,11 +63,25 @@ class LayoutMismatchError(ConsortiaError):
     """The server's model is not the one this site builds from the same settings."""
 
 
-def _site(context: Context) -> SiteSettings:
+def _site_config_path(context: Context) -> Path:
+    """The site config: from the SuperNode's node config, or, under Flower's simulation
+    engine, the run's list of simulated sites indexed by the node's partition id."""
     path = context.node_config.get(rk.NODE_CONFIG_SITE_CONFIG)
-    if not isinstance(path, str) or not path:
-        raise ConsortiaError(f"node config has no '{rk.NODE_CONFIG_SITE_CONFIG}'")
-    return load_site_settings(Path(path))
+    if isinstance(path, str) and path:
+        return Path(path)
+    partition = context.node_config.get(rk.NODE_CONFIG_PARTITION_ID)
+    listed = context.run_config.get(rk.RUN_CONFIG_SIMULATION_SITES)
+    if partition is not None and isinstance(listed, str) and listed:
+        sites = json.loads(listed)
+        index = int(partition)
+        if not 0 <= index < len(sites):
+            raise ConsortiaError(f"simulated node {index} has no site ({len(sites)} listed)")
+        return Path(sites[index])
+    raise ConsortiaError(f"node config has no '{rk.NODE_CONFIG_SITE_CONFIG}'")
+
+
+def _site(context: Context) -> SiteSettings:
+    return load_site_settings(_site_config_path(context))
 
 
 def _eval_splits(site: SiteSettings) -> tuple[str, ...]:
@@ -157,6 +173,7 @@ def _query(msg: Message, site: SiteSettings) -> Message:
 def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Message:
     if site.site.role is not Role.TRAIN:
         return _refuse(msg, ERROR_REFUSED, f"site {site.site.name} is a held-out site")
+    started = time.perf_counter()
     device = select_device()
     train_data = _load(site, instruction.task, ("train",))
     model, layout = _model(msg, instruction)
@@ -184,10 +201,13 @@ def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Messag
         device=device,
     )
     logger.info(
-        "round %d: trained on %d examples in %.1f s (loss %.4f)",
+        "round %d: trained on %d examples in %.2f s, evaluated in %.2f s, handler %.2f s "
+        "(loss %.4f)",
         instruction.round,
         result.num_examples,
         result.compute_s,
+        eval_s,
+        time.perf_counter() - started,
         result.mean_loss,
     )
     weights = layout.flatten(model.cpu().state_dict())

@@ -29,9 +29,11 @@ __all__ = [
     "M_EVAL_S",
     "M_NUM_EXAMPLES",
     "M_TRAIN_LOSS",
+    "NODE_CONFIG_PARTITION_ID",
     "NODE_CONFIG_SITE_CONFIG",
     "RUN_CONFIG_RUN_NAME",
     "RUN_CONFIG_SETTINGS",
+    "RUN_CONFIG_SIMULATION_SITES",
     "SITE_DATA_FINGERPRINT",
     "SITE_NAME",
     "SITE_NUM_EVAL",
@@ -48,6 +50,10 @@ NODE_CONFIG_SITE_CONFIG: Final = "site-config"
 # Flower run config (set by `consortia run` in the generated app's pyproject).
 RUN_CONFIG_SETTINGS: Final = "consortia-settings"
 RUN_CONFIG_RUN_NAME: Final = "consortia-run-name"
+RUN_CONFIG_SIMULATION_SITES: Final = "consortia-simulation-sites"
+
+# Node config that Flower's simulation engine gives each simulated SuperNode.
+NODE_CONFIG_PARTITION_ID: Final = "partition-id"
 
 # RecordDict entries.
 ARRAYS_KEY: Final = "arrays"

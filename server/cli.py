@@ -16,6 +16,7 @@ from consortia.common.settings import Task, load_run_settings
 from consortia.server.demo import DemoOptions, run_demo
 from consortia.server.progress import final_table, follow_run
 from consortia.server.run_folder import RESULTS_FILE
+from consortia.server.simulation import run_simulation
 from consortia.server.submit import stop_run, stream_logs, submit_run, write_app_dir
 from consortia.server.superlink import start_superlink
 
@@ -68,11 +69,22 @@ def run_command(
     ] = None,
     wait: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = True,
     insecure: Annotated[bool, typer.Option(help=_INSECURE_HELP)] = True,
+    simulation: Annotated[
+        Path | None,
+        typer.Option(
+            help="Simulate the sites whose configs are in this folder on Flower's simulation "
+            "engine (needs the 'simulation' extra); no server needed."
+        ),
+    ] = None,
 ) -> None:
-    """Submit a study to a running server and follow it."""
+    """Submit a study to a running server and follow it (or simulate it locally)."""
     settings = load_run_settings(run_config)
     run_name = f"{settings.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     work = Path.home() / ".consortia" / "submissions" / run_name
+    if simulation is not None:
+        stop_on_sigterm()
+        run_simulation(settings, run_name, simulation, runs_dir or Path("runs"), work, console)
+        return
     app_dir = write_app_dir(work / "app", settings, run_name)
     flwr_home = work / "flwr"
     run_id = submit_run(app_dir, superlink, flwr_home=flwr_home, insecure=insecure)

@@ -11,6 +11,7 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from consortia.common import records as rk
@@ -39,7 +40,12 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid TOML basic string
 
 
-def write_app_dir(dest: Path, settings: RunSettings, run_name: str) -> Path:
+def write_app_dir(
+    dest: Path,
+    settings: RunSettings,
+    run_name: str,
+    simulation_sites: Sequence[Path] = (),
+) -> Path:
     """Write the Flower App for one run into `dest` (a new folder)."""
     from importlib.metadata import version
 
@@ -65,8 +71,11 @@ def write_app_dir(dest: Path, settings: RunSettings, run_name: str) -> Path:
         "[tool.flwr.app.config]",
         f"{rk.RUN_CONFIG_SETTINGS} = {_toml_string(settings.to_json())}",
         f"{rk.RUN_CONFIG_RUN_NAME} = {_toml_string(run_name)}",
-        "",
     ]
+    if simulation_sites:
+        listed = json.dumps([str(path.resolve()) for path in simulation_sites])
+        lines.append(f"{rk.RUN_CONFIG_SIMULATION_SITES} = {_toml_string(listed)}")
+    lines.append("")
     (dest / "pyproject.toml").write_text("\n".join(lines), encoding="utf-8")
     return dest
 
@@ -97,12 +106,17 @@ def submit_run(
     insecure: bool = True,
     root_certificates: Path | None = None,
     connect_timeout_s: float = 60.0,
+    federation_config: Mapping[str, int | str] | None = None,
 ) -> int:
     """Start the run on the SuperLink's Control API; returns Flower's run id."""
     wait_for_address(superlink, connect_timeout_s)
     env = _flwr_env(flwr_home, superlink, insecure, root_certificates)
+    overrides: list[str] = []
+    if federation_config:
+        pairs = " ".join(f"{key}={json.dumps(value)}" for key, value in federation_config.items())
+        overrides = ["--federation-config", pairs]
     result = subprocess.run(
-        [_flwr(), "run", str(app_dir), _CONNECTION, "--format", "json"],
+        [_flwr(), "run", str(app_dir), _CONNECTION, "--format", "json", *overrides],
         capture_output=True,
         text=True,
         env=env,

@@ -11,7 +11,9 @@ from consortia.server.server_app import RUNS_DIR_ENV
 __all__ = ["start_superlink", "superlink_args"]
 
 
-def superlink_args(host: str, port: int, *, insecure: bool, database: Path | None) -> list[str]:
+def superlink_args(
+    host: str, port: int, *, insecure: bool, database: Path | None, simulation: bool = False
+) -> list[str]:
     """Command line of `flower-superlink` (runtime dependency installation always off:
     it would download a CUDA build of torch into every run)."""
     args = [
@@ -26,6 +28,8 @@ def superlink_args(host: str, port: int, *, insecure: bool, database: Path | Non
         args.append("--insecure")
     if database is not None:
         args += ["--database", str(database)]
+    if simulation:
+        args.append("--simulation")
     return args
 
 
@@ -37,6 +41,7 @@ def start_superlink(
     host: str = "127.0.0.1",
     port: int = 9092,
     insecure: bool = True,
+    simulation: bool = False,
     startup_timeout_s: float = 60.0,
 ) -> ManagedProcess:
     """Start a SuperLink whose ServerApps write run folders under `runs_dir`."""
@@ -46,7 +51,13 @@ def start_superlink(
     process = group.start(
         ManagedProcess(
             "SuperLink",
-            superlink_args(host, port, insecure=insecure, database=state_dir / "superlink.db"),
+            superlink_args(
+                host,
+                port,
+                insecure=insecure,
+                database=state_dir / "superlink.db",
+                simulation=simulation,
+            ),
             state_dir / "logs" / "superlink.log",
             env=env,
         )

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local-epochs", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--keep", type=Path, help="keep run folders and node logs here")
     args = parser.parse_args(argv)
     setup_logging()
     report: dict[str, Any] = {
@@ -110,12 +111,13 @@ def main(argv: list[str] | None = None) -> None:
         "python": sys.version.split()[0],
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out)},
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": {},
     }
     with tempfile.TemporaryDirectory(prefix="consortia-bench-") as tmp:
+        workdir = args.keep or Path(tmp)
         for mode in args.modes:
-            report["results"][mode] = measure(mode, args, Path(tmp))
+            report["results"][mode] = measure(mode, args, workdir)
             args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     summary = {mode: result["steady_state"] for mode, result in report["results"].items()}
     logging.getLogger("consortia.bench").info("%s", json.dumps(summary, indent=2))
