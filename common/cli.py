@@ -46,7 +46,11 @@ def main() -> None:
     """Console-script entry point; user errors end with a clear message and exit code 2."""
     app = build_app()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns an abort's exit code (130) instead of
+        # raising it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except ConsortiaError as err:
         logging.getLogger("consortia").error("%s", err)
         sys.exit(2)

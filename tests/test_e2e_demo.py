@@ -7,31 +7,22 @@ settings; the test then checks the run folder it wrote and that no process survi
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.processes import flower_processes
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CLI = [sys.executable, "-m", "consortia.common.cli"]
 
 
-def _consortia_processes() -> list[str]:
-    result = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    return [
-        line
-        for line in result.stdout.splitlines()
-        if ("flower-super" in line or "warm_executor" in line or "flwr-" in line)
-        and str(os.getpid()) not in line
-    ]
-
-
 @pytest.mark.parametrize("task", ["segmentation", "classification"])
 def test_demo_runs_a_whole_federation(tmp_path: Path, task: str) -> None:
-    before = set(_consortia_processes())
+    before = flower_processes()
     result = subprocess.run(
         [
             *CLI,
@@ -91,4 +82,4 @@ def test_demo_runs_a_whole_federation(tmp_path: Path, task: str) -> None:
     assert kinds.count("round_done") == 2
     assert all(event["time"].endswith("Z") for event in events)
 
-    assert set(_consortia_processes()) <= before, "demo left Flower processes running"
+    assert flower_processes() <= before, "demo left Flower processes running"
