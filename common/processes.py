@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,10 +37,14 @@ def process_env(**extra: str) -> dict[str, str]:
 
     Flower's usage telemetry would send events to an outside server; nothing but model
     updates may leave a hospital, and on a closed network each attempt blocks for up
-    to a minute.
+    to a minute. PATH starts with this interpreter's scripts folder.
     """
     env = dict(os.environ)
     env["FLWR_TELEMETRY_ENABLED"] = "0"
+    # Flower starts its helpers (flower-superexec, flwr-serverapp, ...) by name: make the
+    # ones installed beside this interpreter win, also when the venv is not activated.
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     env.update(extra)
     return env
 

@@ -64,7 +64,7 @@ def demo_run_settings(options: DemoOptions, run_name: str) -> RunSettings:
         model = ModelConfig(
             architecture="resnet18",
             conv1_kernel=3,
-            conv1_stride=1,
+            conv1_stride=2,
             no_max_pool=False,
             norm_groups=8,
         )
