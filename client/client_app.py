@@ -190,6 +190,7 @@ def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Messag
         + instruction.round * 7919
         + zlib.crc32(site.site.name.encode())
     ) % (2**31)
+    prepared_s = time.perf_counter() - started - eval_s
     result = train_local(
         model,
         train_data,
@@ -201,12 +202,13 @@ def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Messag
         device=device,
     )
     logger.info(
-        "round %d: trained on %d examples in %.2f s, evaluated in %.2f s, handler %.2f s "
-        "(loss %.4f)",
+        "round %d: trained on %d examples in %.2f s, evaluated in %.2f s, prepared in "
+        "%.2f s, handler %.2f s (loss %.4f)",
         instruction.round,
         result.num_examples,
         result.compute_s,
         eval_s,
+        prepared_s,
         time.perf_counter() - started,
         result.mean_loss,
     )

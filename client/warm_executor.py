@@ -33,6 +33,7 @@ logger = logging.getLogger("consortia.client.executor")
 
 NUM_THREADS_ENV = "CONSORTIA_NUM_THREADS"
 DEFAULT_PRELOAD = ("torch", "monai", "consortia.client.client_app")
+DEFAULT_PREWARM = ("consortia.client.trainer:prewarm",)
 
 
 class WarmExecutor:
@@ -46,6 +47,7 @@ class WarmExecutor:
         root_certificates: Path | None = None,
         poll_interval_s: float = 0.05,
         preload: Sequence[str] = DEFAULT_PRELOAD,
+        prewarm: Sequence[str] = DEFAULT_PREWARM,
     ) -> None:
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
@@ -54,6 +56,7 @@ class WarmExecutor:
         self.root_certificates = root_certificates
         self.poll_interval_s = poll_interval_s
         self.preload = tuple(preload)
+        self.prewarm = tuple(prewarm)
         self.children: set[int] = set()
         self._stopping = False
 
@@ -67,6 +70,9 @@ class WarmExecutor:
             import torch
 
             torch.set_num_threads(int(threads))
+        for target in self.prewarm:  # "module:function", called without arguments
+            module_name, _, function = target.partition(":")
+            getattr(importlib.import_module(module_name), function)()
         return time.perf_counter() - started
 
     def _client(self) -> object:
