@@ -41,7 +41,9 @@ from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage  # type: ignore[import-untyped,unused-ignore]
+
+from consortia.common.acquisition import AcquisitionProfile, apply_profile, site_profile
+from consortia.common.synthetic_images import draw_clean
 
 __all__ = [
     "DEMO_DESCRIPTION",
@@ -85,109 +87,10 @@ SPLIT_TRAIN: Final = "train"
 SPLIT_TEST: Final = "test"
 _SPLIT_CODES: Final[dict[str, int]] = {SPLIT_TRAIN: 0, SPLIT_TEST: 1}
 
-# Entropy tag for the profiles of sites >= 4, so they never share a stream with the images.
-_PROFILE_SEED_TAG: Final = 0x5EED_0F11
-_MAX_LESIONS: Final = 3
-_MAX_VESSELS: Final = 2
-_REFERENCE_SIZE: Final = 64
 _CHUNK_PIXELS: Final = 1 << 20  # pixels per generation chunk (256 cases at 64x64)
 
 FloatArray = NDArray[np.float64]
 UInt8Array = NDArray[np.uint8]
-
-
-@dataclass(frozen=True)
-class AcquisitionProfile:
-    """How one site's scanner distorts the clean synthetic image (all in [0, 1] intensity units).
-
-    Applied in this order: multiplicative linear bias field of relative strength
-    ``bias_strength`` (random direction per case), gamma curve, Gaussian blur of
-    ``blur_sigma`` pixels at 64x64 (scaled with the image size), ``x * intensity_scale +
-    intensity_offset``, additive Gaussian noise of ``noise_std``, clip to [0, 1].
-    """
-
-    name: str
-    intensity_scale: float
-    intensity_offset: float
-    gamma: float
-    noise_std: float
-    blur_sigma: float
-    bias_strength: float
-
-    def __post_init__(self) -> None:
-        checks = {
-            "intensity_scale": self.intensity_scale > 0,
-            "intensity_offset": -1.0 < self.intensity_offset < 1.0,
-            "gamma": self.gamma > 0,
-            "noise_std": self.noise_std >= 0,
-            "blur_sigma": self.blur_sigma >= 0,
-            "bias_strength": 0 <= self.bias_strength < 1,
-        }
-        for field_name, ok in checks.items():
-            value = getattr(self, field_name)
-            if not (ok and math.isfinite(value)):
-                raise ValueError(f"AcquisitionProfile.{field_name} is out of range: {value!r}")
-
-
-_HAND_CHOSEN_PROFILES: Final[tuple[AcquisitionProfile, ...]] = (
-    AcquisitionProfile(
-        name="reference",
-        intensity_scale=1.0,
-        intensity_offset=0.0,
-        gamma=1.0,
-        noise_std=0.02,
-        blur_sigma=0.0,
-        bias_strength=0.05,
-    ),
-    AcquisitionProfile(
-        name="bright-low-contrast",
-        intensity_scale=0.8,
-        intensity_offset=0.15,
-        gamma=0.8,
-        noise_std=0.03,
-        blur_sigma=0.5,
-        bias_strength=0.12,
-    ),
-    AcquisitionProfile(
-        name="dark-noisy",
-        intensity_scale=1.05,
-        intensity_offset=-0.03,
-        gamma=1.25,
-        noise_std=0.045,
-        blur_sigma=0.0,
-        bias_strength=0.1,
-    ),
-    AcquisitionProfile(
-        name="held-out-blurred-biased",
-        intensity_scale=1.2,
-        intensity_offset=-0.06,
-        gamma=1.5,
-        noise_std=0.035,
-        blur_sigma=1.1,
-        bias_strength=0.3,
-    ),
-)
-
-
-def site_profile(site_index: int) -> AcquisitionProfile:
-    """Return the deterministic acquisition profile of site ``site_index`` (0-based).
-
-    Sites 0-3 are hand-chosen (3 is the conventional held-out site and lies outside the range
-    of 0-2); higher indices draw their parameters from a generator seeded by the index alone.
-    """
-    _check_site_index(site_index)
-    if site_index < len(_HAND_CHOSEN_PROFILES):
-        return _HAND_CHOSEN_PROFILES[site_index]
-    rng = np.random.default_rng(np.random.SeedSequence([_PROFILE_SEED_TAG, site_index]))
-    return AcquisitionProfile(
-        name=f"derived-{site_index}",
-        intensity_scale=round(float(rng.uniform(0.8, 1.2)), 4),
-        intensity_offset=round(float(rng.uniform(-0.05, 0.12)), 4),
-        gamma=round(float(np.exp(rng.uniform(math.log(0.8), math.log(1.4)))), 4),
-        noise_std=round(float(rng.uniform(0.015, 0.045)), 4),
-        blur_sigma=round(float(rng.uniform(0.0, 1.0)), 4),
-        bias_strength=round(float(rng.uniform(0.0, 0.25)), 4),
-    )
 
 
 @dataclass(frozen=True)
@@ -239,235 +142,6 @@ def _check_site_index(site_index: int) -> None:
         raise ValueError(f"site_index must be >= 0, got {site_index}")
 
 
-def _ellipse_distance(
-    coords: FloatArray,
-    cx: FloatArray,
-    cy: FloatArray,
-    ax: FloatArray,
-    ay: FloatArray,
-    theta: FloatArray,
-) -> FloatArray:
-    """Normalised elliptical radius (1 on the outline) of each ellipse at every pixel.
-
-    ``coords`` are the pixel-centre coordinates along one axis (rows and columns share them).
-    Ellipse parameters share a leading shape ``S``; the result has shape ``S + (H, W)``. The
-    rotated coordinates are separable sums of a row term and a column term, which keeps the
-    full-size work to a few array operations.
-    """
-    cos_t, sin_t = np.cos(theta)[..., None], np.sin(theta)[..., None]
-    inv_ax, inv_ay = 1.0 / ax[..., None], 1.0 / ay[..., None]
-    x = coords - cx[..., None]  # S + (W,)
-    y = coords - cy[..., None]  # S + (H,)
-    u = (y * sin_t * inv_ax)[..., :, None] + (x * cos_t * inv_ax)[..., None, :]
-    v = (y * cos_t * inv_ay)[..., :, None] - (x * sin_t * inv_ay)[..., None, :]
-    u *= u
-    v *= v
-    u += v
-    result: FloatArray = np.sqrt(u, out=u)
-    return result
-
-
-def _soft_inside(distance: FloatArray, minor_px: FloatArray, edge_px: float) -> FloatArray:
-    """Smooth 0..1 occupancy (smoothstep over ``4 * edge_px`` pixels across the outline).
-
-    ``minor_px`` converts the normalised radius to pixels. Overwrites and returns a new array;
-    ``distance`` is left untouched.
-    """
-    ramp = 1.0 - distance
-    ramp *= minor_px[..., None, None] / (4.0 * edge_px)
-    ramp += 0.5
-    np.clip(ramp, 0.0, 1.0, out=ramp)
-    result: FloatArray = ramp * ramp * (3.0 - 2.0 * ramp)
-    return result
-
-
-def _normalised(field: FloatArray) -> FloatArray:
-    """Per-image zero mean and unit standard deviation (in place)."""
-    field -= field.mean(axis=(1, 2), keepdims=True)
-    field /= field.std(axis=(1, 2), keepdims=True) + 1e-12
-    return field
-
-
-def _textures(
-    rng: np.random.Generator, shape: tuple[int, int, int], scale: float
-) -> tuple[FloatArray, FloatArray]:
-    """Fine (correlation ~1 px) and coarse (~3 px) unit-std random fields from one white draw."""
-    fine = ndimage.gaussian_filter(
-        rng.standard_normal(shape), sigma=(0.0, scale, scale), truncate=3.0
-    )
-    coarse_sigma = math.sqrt(8.0) * scale  # sqrt(1 + 8) = 3 px in total
-    coarse = ndimage.gaussian_filter(fine, sigma=(0.0, coarse_sigma, coarse_sigma), truncate=3.0)
-    return _normalised(fine), _normalised(coarse)
-
-
-def _composite(base: FloatArray, value: FloatArray, alpha: FloatArray) -> FloatArray:
-    result: FloatArray = base * (1.0 - alpha) + value * alpha
-    return result
-
-
-def _blob_layer(
-    coords: FloatArray,
-    centres: tuple[FloatArray, FloatArray],
-    radii_px: tuple[FloatArray, FloatArray],
-    theta: FloatArray,
-    weight: FloatArray,
-    active: NDArray[np.bool_],
-    edge_px: float,
-) -> tuple[FloatArray, NDArray[np.bool_]]:
-    """Max over each case's active blobs of ``weight * occupancy``, and the union of their masks.
-
-    Blob parameters have shape ``(N, K)``; only active blobs are evaluated, slot by slot.
-    """
-    n, slots = active.shape
-    size = coords.shape[0]
-    half = size / 2.0
-    alpha = np.zeros((n, size, size), dtype=np.float64)
-    mask = np.zeros((n, size, size), dtype=bool)
-    cx, cy = centres
-    rx_px, ry_px = radii_px
-    for slot in range(slots):
-        idx = np.flatnonzero(active[:, slot])
-        if idx.size == 0:
-            continue
-        distance = _ellipse_distance(
-            coords,
-            cx[idx, slot],
-            cy[idx, slot],
-            rx_px[idx, slot] / half,
-            ry_px[idx, slot] / half,
-            theta[idx, slot],
-        )
-        occupancy = _soft_inside(distance, np.minimum(rx_px, ry_px)[idx, slot], edge_px)
-        occupancy *= weight[idx, slot][:, None, None]
-        alpha[idx] = np.maximum(alpha[idx], occupancy)
-        mask[idx] |= distance < 1.0
-    return alpha, mask
-
-
-def _draw_clean(
-    rng: np.random.Generator, positive: NDArray[np.bool_], size: int
-) -> tuple[FloatArray, UInt8Array, UInt8Array]:
-    """Draw clean cases (lesions where ``positive``): image in [0, 1], lesion and organ masks."""
-    n = positive.shape[0]
-    half = size / 2.0
-    scale = size / _REFERENCE_SIZE
-    coords = (np.arange(size, dtype=np.float64) + 0.5 - half) / half
-    shape = (n, size, size)
-
-    def uniform(low: float, high: float, count: int | tuple[int, ...] = n) -> FloatArray:
-        return rng.uniform(low, high, count)
-
-    # Body: a wide ellipse with a brighter rim (subcutaneous fat) and a bright "spine".
-    body_cx, body_cy = uniform(-0.03, 0.03), uniform(-0.03, 0.03)
-    body_ax, body_ay = uniform(0.84, 0.95), uniform(0.8, 0.9)
-    body_theta = uniform(-0.08, 0.08)
-    body_d = _ellipse_distance(coords, body_cx, body_cy, body_ax, body_ay, body_theta)
-    body_minor = np.minimum(body_ax, body_ay) * half
-    body_alpha = _soft_inside(body_d, body_minor, 0.8 * scale)
-    inner_alpha = _soft_inside(body_d / 0.93, body_minor * 0.93, 1.0 * scale)
-    rim_level = uniform(0.42, 0.5)[:, None, None]
-    fine_texture, coarse_texture = _textures(rng, shape, scale)
-    body_level = uniform(0.26, 0.32)[:, None, None] + 0.03 * coarse_texture
-
-    spine_cx = body_cx + uniform(-0.03, 0.03)
-    spine_cy = body_cy + body_ay - 0.2
-    spine_r = uniform(0.08, 0.11)
-    spine_d = _ellipse_distance(
-        coords, spine_cx, spine_cy, spine_r * 1.2, spine_r, np.zeros(n, dtype=np.float64)
-    )
-    spine_alpha = _soft_inside(spine_d, spine_r * half, 0.7 * scale)
-    spine_level = uniform(0.75, 0.85)[:, None, None]
-
-    # Organ: textured ellipse, composited on top of everything else in the body.
-    organ_cx, organ_cy = uniform(-0.1, 0.1), uniform(-0.18, -0.05)
-    organ_ax, organ_ay = uniform(0.56, 0.68), uniform(0.46, 0.55)
-    organ_theta = uniform(-0.5, 0.5)
-    organ_d = _ellipse_distance(coords, organ_cx, organ_cy, organ_ax, organ_ay, organ_theta)
-    organ_minor_px = np.minimum(organ_ax, organ_ay) * half
-    organ_alpha = _soft_inside(organ_d, organ_minor_px, 0.8 * scale)
-    organ_level = uniform(0.52, 0.6)[:, None, None] + 0.035 * coarse_texture + 0.012 * fine_texture
-
-    image = np.full(shape, 0.02, dtype=np.float64)
-    image = _composite(image, rim_level, body_alpha)
-    image = _composite(image, body_level, inner_alpha)
-    image = _composite(image, spine_level, spine_alpha)
-    image = _composite(image, organ_level, organ_alpha)
-
-    # Vessels: small dark spots inside the organ in every case (distractors, not lesions).
-    def place_inside(radius_px: FloatArray, count: tuple[int, int]) -> tuple[FloatArray, ...]:
-        """Centres (normalised coordinates) that keep a disc of ``radius_px`` in the organ."""
-        rho_max = np.clip(1.0 - radius_px / organ_minor_px[:, None] - 0.08, 0.0, None)
-        rho = rho_max * np.sqrt(uniform(0.0, 1.0, count))
-        phi = uniform(0.0, 2.0 * math.pi, count)
-        u = rho * np.cos(phi) * organ_ax[:, None]
-        v = rho * np.sin(phi) * organ_ay[:, None]
-        cos_t, sin_t = np.cos(organ_theta)[:, None], np.sin(organ_theta)[:, None]
-        return organ_cx[:, None] + u * cos_t - v * sin_t, organ_cy[:, None] + u * sin_t + v * cos_t
-
-    vessel_count = rng.integers(0, _MAX_VESSELS + 1, size=(n,))
-    vessel_r_px = uniform(1.2, 2.2, (n, _MAX_VESSELS)) * scale
-    vessel_cx, vessel_cy = place_inside(vessel_r_px, (n, _MAX_VESSELS))
-    vessel_active = np.arange(_MAX_VESSELS)[None, :] < vessel_count[:, None]
-    vessel_alpha, _ = _blob_layer(
-        coords,
-        (vessel_cx, vessel_cy),
-        (vessel_r_px, vessel_r_px),
-        np.zeros_like(vessel_r_px),
-        np.full_like(vessel_r_px, 0.1),
-        vessel_active,
-        0.6 * scale,
-    )
-    image -= vessel_alpha * organ_alpha
-
-    # Lesions: 1-3 brighter blobs in each positive case.
-    lesion_count = np.where(
-        positive, rng.choice(np.arange(1, _MAX_LESIONS + 1), n, p=[0.6, 0.3, 0.1]), 0
-    )
-    r_max_px = np.minimum(12.0 * scale, 0.7 * organ_minor_px)[:, None]
-    r_min_px = 3.0 * scale
-    lesion_rx_px = r_min_px * np.exp(
-        uniform(0.0, 1.0, (n, _MAX_LESIONS)) * np.log(r_max_px / r_min_px)
-    )
-    lesion_ry_px = np.maximum(lesion_rx_px * uniform(0.7, 1.0, (n, _MAX_LESIONS)), 2.5 * scale)
-    lesion_theta = uniform(0.0, math.pi, (n, _MAX_LESIONS))
-    lesion_cx, lesion_cy = place_inside(lesion_rx_px, (n, _MAX_LESIONS))
-    lesion_contrast = uniform(0.16, 0.28, (n, _MAX_LESIONS))
-    lesion_active = np.arange(_MAX_LESIONS)[None, :] < lesion_count[:, None]
-    lesion_alpha, lesion_mask = _blob_layer(
-        coords,
-        (lesion_cx, lesion_cy),
-        (lesion_rx_px, lesion_ry_px),
-        lesion_theta,
-        lesion_contrast,
-        lesion_active,
-        0.6 * scale,
-    )
-    image += lesion_alpha * organ_alpha
-
-    organ_mask = organ_d < 1.0
-    lesion_mask &= organ_mask
-    return np.clip(image, 0.0, 1.0), lesion_mask.astype(np.uint8), organ_mask.astype(np.uint8)
-
-
-def _acquire(
-    rng: np.random.Generator, clean: FloatArray, profile: AcquisitionProfile
-) -> UInt8Array:
-    """Apply the site's scanner profile to clean images and quantise to ``uint8``."""
-    n, size, _ = clean.shape
-    coords = (np.arange(size, dtype=np.float64) + 0.5 - size / 2.0) / (size / 2.0)
-    yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    direction = rng.uniform(0.0, 2.0 * math.pi, size=(n, 1, 1))
-    field = 1.0 + profile.bias_strength * (np.cos(direction) * xx + np.sin(direction) * yy)
-    image = np.power(clean * field, profile.gamma)
-    if profile.blur_sigma > 0:
-        sigma = profile.blur_sigma * size / _REFERENCE_SIZE
-        image = ndimage.gaussian_filter(image, sigma=(0.0, sigma, sigma))
-    image = image * profile.intensity_scale + profile.intensity_offset
-    image += profile.noise_std * rng.standard_normal(image.shape)
-    quantised: UInt8Array = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return quantised
-
-
 def generate_cases(site_index: int, settings: DemoDataSettings, split: str) -> SyntheticCases:
     """Generate one split (``"train"`` or ``"test"``) of one site, deterministically."""
     _check_site_index(site_index)
@@ -492,10 +166,10 @@ def generate_cases(site_index: int, settings: DemoDataSettings, split: str) -> S
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         chunk_rng = np.random.default_rng(seed_sequence.spawn(1)[0])
-        clean, masks[start:stop], organ_masks[start:stop] = _draw_clean(
+        clean, masks[start:stop], organ_masks[start:stop] = draw_clean(
             chunk_rng, positive[start:stop], size
         )
-        images[start:stop] = _acquire(chunk_rng, clean, profile)
+        images[start:stop] = apply_profile(chunk_rng, clean, profile)
     labels = np.asarray(masks.any(axis=(1, 2)), dtype=np.uint8)
     return SyntheticCases(images=images, masks=masks, labels=labels, organ_masks=organ_masks)
 
