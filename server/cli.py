@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,10 +13,15 @@ from rich.console import Console
 from consortia.common.processes import ProcessGroup, stop_on_sigterm
 from consortia.common.settings import Task, load_run_settings
 from consortia.server.demo import DemoOptions, run_demo
-from consortia.server.progress import final_table, follow_run
-from consortia.server.run_folder import RESULTS_FILE
+from consortia.server.progress import watch_run
 from consortia.server.simulation import run_simulation
-from consortia.server.submit import stop_run, stream_logs, submit_run, write_app_dir
+from consortia.server.submit import (
+    SuperLinkConnection,
+    stop_run,
+    stream_logs,
+    submit_run,
+    write_app_dir,
+)
 from consortia.server.superlink import start_superlink
 
 __all__ = ["register"]
@@ -86,22 +90,22 @@ def run_command(
         run_simulation(settings, run_name, simulation, runs_dir or Path("runs"), work, console)
         return
     app_dir = write_app_dir(work / "app", settings, run_name)
-    flwr_home = work / "flwr"
-    run_id = submit_run(app_dir, superlink, flwr_home=flwr_home, insecure=insecure)
+    connection = SuperLinkConnection(superlink, work / "flwr", insecure=insecure)
+    run_id = submit_run(app_dir, connection)
     console.print(f"Submitted run [bold]{run_name}[/] (Flower run {run_id}) to {superlink}.")
     if not wait:
         console.print(f"The server writes its results to <runs dir>/{run_name}/")
         return
+    if runs_dir is not None:
+        watch_run(
+            run_id, connection, runs_dir / run_name, settings.rounds, settings.task, console=console
+        )
+        return
     try:
-        if runs_dir is None:
-            stream_logs(run_id, superlink, flwr_home=flwr_home, insecure=insecure)
-            return
-        follow_run(runs_dir / run_name, settings.rounds, settings.task, console=console)
+        stream_logs(run_id, connection)
     except KeyboardInterrupt:
-        stop_run(run_id, superlink, flwr_home=flwr_home, insecure=insecure)
+        stop_run(run_id, connection)
         raise
-    results = json.loads((runs_dir / run_name / RESULTS_FILE).read_text(encoding="utf-8"))
-    console.print(final_table(results))
 
 
 def demo_command(

@@ -7,7 +7,6 @@ A SuperLink and one SuperNode (plus executor) per site run as real processes on
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -21,9 +20,9 @@ from consortia.common.demo_data import DemoDataSettings, write_site_npz
 from consortia.common.errors import ConsortiaError
 from consortia.common.processes import ManagedProcess, ProcessGroup, free_port, process_env
 from consortia.common.settings import ModelConfig, RunSettings, Task, TrainingSettings
-from consortia.server.progress import final_table, follow_run
+from consortia.server.progress import watch_run
 from consortia.server.run_folder import RESULTS_FILE
-from consortia.server.submit import stop_run, submit_run, write_app_dir
+from consortia.server.submit import SuperLinkConnection, submit_run, write_app_dir
 from consortia.server.superlink import start_superlink
 
 __all__ = ["DemoOptions", "demo_run_settings", "run_demo"]
@@ -168,15 +167,17 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
     superlink = f"127.0.0.1:{port}"
     configs = _write_sites(workspace, options, superlink)
     threads = max(1, (os.cpu_count() or 2) // trainers)
-    run_id: int | None = None
+    connection = SuperLinkConnection(superlink, workspace / "flwr-cli")
     with ProcessGroup() as group:
         try:
             start_superlink(group, workspace / "superlink", output, port=port)
             for config in configs:
                 group.start(_node_process(config, threads))
             app_dir = write_app_dir(workspace / "app", settings, run_name)
-            run_id = submit_run(app_dir, superlink, flwr_home=workspace / "flwr-cli")
-            follow_run(
+            run_id = submit_run(app_dir, connection)
+            watch_run(
+                run_id,
+                connection,
                 run_dir,
                 options.rounds,
                 options.task,
@@ -186,10 +187,6 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
             )
         except KeyboardInterrupt:
             console.print("[red]interrupted: stopping every demo process[/]")
-            if run_id is not None:
-                stop_run(run_id, superlink, flwr_home=workspace / "flwr-cli")
             raise
-    results = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-    console.print(final_table(results))
     console.print(f"Results: {run_dir / RESULTS_FILE}\nSite data, configs and logs: {workspace}")
     return run_dir

@@ -16,9 +16,10 @@ from rich.text import Text
 
 from consortia.common.errors import ConsortiaError
 from consortia.common.settings import Task
-from consortia.server.run_folder import EVENTS_FILE
+from consortia.server.run_folder import EVENTS_FILE, RESULTS_FILE
+from consortia.server.submit import SuperLinkConnection, stop_run
 
-__all__ = ["RunProgress", "final_table", "follow_run", "headline_metric"]
+__all__ = ["RunProgress", "final_table", "follow_run", "headline_metric", "watch_run"]
 
 _TERMINAL = {"run_done", "run_failed"}
 
@@ -139,3 +140,28 @@ def final_table(results: dict[str, Any]) -> Table:
         row += [fmt(per_site.get(name, {}).get(metric)) for name in sites]
         table.add_row(*row)
     return table
+
+
+def watch_run(
+    run_id: int,
+    connection: SuperLinkConnection,
+    run_dir: Path,
+    rounds: int,
+    task: Task,
+    *,
+    console: Console,
+    check_alive: Callable[[], None] | None = None,
+    timeout_s: float = 24 * 3600.0,
+) -> dict[str, Any]:
+    """Follow a submitted run to its end and print the final table; Ctrl-C also stops the
+    run on the SuperLink. Returns the run's results."""
+    try:
+        follow_run(
+            run_dir, rounds, task, console=console, check_alive=check_alive, timeout_s=timeout_s
+        )
+    except KeyboardInterrupt:
+        stop_run(run_id, connection)
+        raise
+    results: dict[str, Any] = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+    console.print(final_table(results))
+    return results

@@ -9,7 +9,6 @@ deployment, so the results folder is the same too.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -17,9 +16,8 @@ from rich.console import Console
 from consortia.common.errors import ConfigError, ConsortiaError
 from consortia.common.processes import ProcessGroup, free_port
 from consortia.common.settings import RunSettings, load_site_settings
-from consortia.server.progress import final_table, follow_run
-from consortia.server.run_folder import RESULTS_FILE
-from consortia.server.submit import stop_run, submit_run, write_app_dir
+from consortia.server.progress import watch_run
+from consortia.server.submit import SuperLinkConnection, submit_run, write_app_dir
 from consortia.server.superlink import start_superlink
 
 __all__ = ["run_simulation", "simulation_sites"]
@@ -65,34 +63,27 @@ def run_simulation(
             f"run: min_sites = {settings.min_sites} but {sites_dir} holds {len(configs)} sites"
         )
     port = free_port()
-    superlink = f"127.0.0.1:{port}"
     run_dir = runs_dir.resolve() / run_name
     app_dir = write_app_dir(work_dir / "app", settings, run_name, simulation_sites=configs)
-    run_id: int | None = None
+    connection = SuperLinkConnection(f"127.0.0.1:{port}", work_dir / "flwr-cli")
     with ProcessGroup() as group:
-        try:
-            start_superlink(group, work_dir / "superlink", runs_dir, port=port, simulation=True)
-            run_id = submit_run(
-                app_dir,
-                superlink,
-                flwr_home=work_dir / "flwr-cli",
-                federation_config={
-                    "num-supernodes": len(configs),
-                    "client-resources-num-cpus": cpus_per_site,
-                },
-            )
-            console.print(f"Simulating {len(configs)} sites on Flower's simulation engine.")
-            follow_run(
-                run_dir,
-                settings.rounds,
-                settings.task,
-                console=console,
-                check_alive=group.check_alive,
-            )
-        except KeyboardInterrupt:
-            if run_id is not None:
-                stop_run(run_id, superlink, flwr_home=work_dir / "flwr-cli")
-            raise
-    results = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-    console.print(final_table(results))
+        start_superlink(group, work_dir / "superlink", runs_dir, port=port, simulation=True)
+        run_id = submit_run(
+            app_dir,
+            connection,
+            federation_config={
+                "num-supernodes": len(configs),
+                "client-resources-num-cpus": cpus_per_site,
+            },
+        )
+        console.print(f"Simulating {len(configs)} sites on Flower's simulation engine.")
+        watch_run(
+            run_id,
+            connection,
+            run_dir,
+            settings.rounds,
+            settings.task,
+            console=console,
+            check_alive=group.check_alive,
+        )
     return run_dir

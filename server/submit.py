@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from consortia.common import records as rk
@@ -21,6 +22,7 @@ from consortia.common.settings import RunSettings
 
 __all__ = [
     "APP_COMPONENTS",
+    "SuperLinkConnection",
     "stop_run",
     "stream_logs",
     "submit_run",
@@ -80,49 +82,58 @@ def write_app_dir(
     return dest
 
 
-def _flwr_env(
-    flwr_home: Path, superlink: str, insecure: bool, root_certificates: Path | None
-) -> dict[str, str]:
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    conn = [f"[superlink.{_CONNECTION}]", f"address = {_toml_string(superlink)}"]
-    if insecure:
-        conn.append("insecure = true")
-    if root_certificates is not None:
-        conn.append(f"root-certificates = {_toml_string(str(root_certificates))}")
-    config = "\n".join(["[superlink]", f'default = "{_CONNECTION}"', "", *conn, ""])
-    (flwr_home / "config.toml").write_text(config, encoding="utf-8")
-    return process_env(FLWR_HOME=str(flwr_home))
+@dataclass(frozen=True)
+class SuperLinkConnection:
+    """How Flower's `flwr` CLI reaches one SuperLink's Control API.
 
+    The `flwr` CLI reads connections from `$FLWR_HOME/config.toml`; each connection gets a
+    private FLWR_HOME, so a user's own Flower configuration is never touched.
+    """
 
-def _flwr() -> str:
-    return str(Path(sys.executable).with_name("flwr"))
+    address: str
+    flwr_home: Path
+    insecure: bool = True
+    root_certificates: Path | None = None
+
+    def _env(self) -> dict[str, str]:
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        conn = [f"[superlink.{_CONNECTION}]", f"address = {_toml_string(self.address)}"]
+        if self.insecure:
+            conn.append("insecure = true")
+        if self.root_certificates is not None:
+            conn.append(f"root-certificates = {_toml_string(str(self.root_certificates))}")
+        lines = ["[superlink]", f'default = "{_CONNECTION}"', "", *conn, ""]
+        (self.flwr_home / "config.toml").write_text("\n".join(lines), encoding="utf-8")
+        return process_env(FLWR_HOME=str(self.flwr_home))
+
+    def flwr(
+        self, *args: str, timeout: float | None = None, capture: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `flwr ARGS... <connection>` against this SuperLink."""
+        return subprocess.run(
+            [str(Path(sys.executable).with_name("flwr")), *args, _CONNECTION],
+            capture_output=capture,
+            text=True,
+            env=self._env(),
+            check=False,
+            timeout=timeout,
+        )
 
 
 def submit_run(
     app_dir: Path,
-    superlink: str,
+    connection: SuperLinkConnection,
     *,
-    flwr_home: Path,
-    insecure: bool = True,
-    root_certificates: Path | None = None,
     connect_timeout_s: float = 60.0,
     federation_config: Mapping[str, int | str] | None = None,
 ) -> int:
     """Start the run on the SuperLink's Control API; returns Flower's run id."""
-    wait_for_address(superlink, connect_timeout_s)
-    env = _flwr_env(flwr_home, superlink, insecure, root_certificates)
+    wait_for_address(connection.address, connect_timeout_s)
     overrides: list[str] = []
     if federation_config:
         pairs = " ".join(f"{key}={json.dumps(value)}" for key, value in federation_config.items())
         overrides = ["--federation-config", pairs]
-    result = subprocess.run(
-        [_flwr(), "run", str(app_dir), _CONNECTION, "--format", "json", *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=120,
-    )
+    result = connection.flwr("run", str(app_dir), "--format", "json", *overrides, timeout=120)
     payload: dict[str, object] = {}
     start = result.stdout.find("{")
     if start >= 0:
@@ -132,39 +143,19 @@ def submit_run(
             payload = {}
     if result.returncode != 0 or not payload.get("success"):
         detail = (result.stderr or result.stdout).strip()[-2000:]
-        raise ConsortiaError(f"the SuperLink at {superlink} did not accept the run: {detail}")
+        raise ConsortiaError(
+            f"the SuperLink at {connection.address} did not accept the run: {detail}"
+        )
     run_id = int(str(payload["run-id"]))
-    logger.info("run submitted to %s (Flower run %d)", superlink, run_id)
+    logger.info("run submitted to %s (Flower run %d)", connection.address, run_id)
     return run_id
 
 
-def stop_run(
-    run_id: int,
-    superlink: str,
-    *,
-    flwr_home: Path,
-    insecure: bool = True,
-    root_certificates: Path | None = None,
-) -> None:
+def stop_run(run_id: int, connection: SuperLinkConnection) -> None:
     """Ask the SuperLink to stop a run (best effort)."""
-    env = _flwr_env(flwr_home, superlink, insecure, root_certificates)
-    subprocess.run(
-        [_flwr(), "stop", str(run_id), _CONNECTION],
-        capture_output=True,
-        env=env,
-        check=False,
-        timeout=60,
-    )
+    connection.flwr("stop", str(run_id), timeout=60)
 
 
-def stream_logs(
-    run_id: int,
-    superlink: str,
-    *,
-    flwr_home: Path,
-    insecure: bool = True,
-    root_certificates: Path | None = None,
-) -> None:
+def stream_logs(run_id: int, connection: SuperLinkConnection) -> None:
     """Show the ServerApp's log lines (round progress) until the run ends."""
-    env = _flwr_env(flwr_home, superlink, insecure, root_certificates)
-    subprocess.run([_flwr(), "log", str(run_id), _CONNECTION, "--stream"], env=env, check=False)
+    connection.flwr("log", str(run_id), "--stream", capture=False)
