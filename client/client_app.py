@@ -30,14 +30,13 @@ from consortia.client.trainer import EvalResult, evaluate_local, train_local
 from consortia.common import records as rk
 from consortia.common.device import select_device
 from consortia.common.errors import ConsortiaError, DataError
-from consortia.common.instructions import Instruction
+from consortia.common.instructions import Instruction, get_task
 from consortia.common.models import build_model
 from consortia.common.record_fields import (
     RecordFieldError,
     get_array,
     get_array_record,
     get_config_record,
-    get_str,
 )
 from consortia.common.settings import Role, SiteSettings, Task, load_site_settings
 from consortia.common.weights import WeightLayout
@@ -150,11 +149,7 @@ def _guarded(handler_name: str, msg: Message, context: Context) -> Message:
 
 
 def _query(msg: Message, site: SiteSettings) -> Message:
-    config = get_config_record(msg.content, rk.CONFIG_KEY)
-    try:
-        task = Task(get_str(config, rk.CFG_TASK))
-    except ValueError as err:
-        raise RecordFieldError(f"'{rk.CFG_TASK}': {err}") from None
+    task = get_task(get_config_record(msg.content, rk.CONFIG_KEY))
     num_train = len(_load(site, task, ("train",))) if site.site.role is Role.TRAIN else 0
     num_eval = len(_load(site, task, _eval_splits(site)))
     info = ConfigRecord(

@@ -22,7 +22,15 @@ from consortia.common.record_fields import (
 )
 from consortia.common.settings import Task
 
-__all__ = ["Instruction"]
+__all__ = ["Instruction", "get_task"]
+
+
+def get_task(config: ConfigRecord) -> Task:
+    """The task named in a config record (query and instruction messages)."""
+    try:
+        return Task(get_str(config, rk.CFG_TASK))
+    except ValueError as err:
+        raise RecordFieldError(f"'{rk.CFG_TASK}': {err}") from None
 
 
 @dataclass(frozen=True)
@@ -60,10 +68,7 @@ class Instruction:
 
     @classmethod
     def from_config(cls, config: ConfigRecord) -> Instruction:
-        try:
-            task = Task(get_str(config, rk.CFG_TASK))
-        except ValueError as err:
-            raise RecordFieldError(f"'{rk.CFG_TASK}': {err}") from None
+        task = get_task(config)
         try:
             model_fields = json.loads(get_str(config, rk.CFG_MODEL_SETTINGS))
             model = ModelSettings(**model_fields)

@@ -95,8 +95,10 @@ class Federation:
         self.folder = folder
         self.poll_interval_s = poll_interval_s
         self.sites: dict[int, Site] = {}
-        model = build_model(settings.model.to_model_settings())
+        self.model_settings = settings.model.to_model_settings()
+        model = build_model(self.model_settings)
         self.layout = WeightLayout.of(model.state_dict())
+        self.layout_fingerprint = self.layout.fingerprint()
         self.initial_weights = self.layout.flatten(model.state_dict())
 
     # -- messaging -------------------------------------------------------------------------
@@ -137,8 +139,8 @@ class Federation:
             round=round_number,
             run_name=s.name,
             task=s.task,
-            model=s.model.to_model_settings(),
-            layout_fingerprint=self.layout.fingerprint(),
+            model=self.model_settings,
+            layout_fingerprint=self.layout_fingerprint,
             batch_size=s.training.batch_size,
             surface_metrics=round_number > s.rounds or s.surface_metrics == "every_round",
             local_epochs=s.training.local_epochs if train else 0,
@@ -220,16 +222,15 @@ class Federation:
         self, round_number: int, weights: np.ndarray, trainers: Iterable[Site]
     ) -> dict[int, Message]:
         arrays = _to_record(weights)
+        configs = {
+            train: self._instruction(round_number, train=train).to_config()
+            for train in (True, False)
+        }
         train_ids = {site.node_id for site in trainers}
         messages = []
         for node_id in sorted(self.sites):
             train = node_id in train_ids
-            content = RecordDict(
-                {
-                    rk.ARRAYS_KEY: arrays,
-                    rk.CONFIG_KEY: self._instruction(round_number, train=train).to_config(),
-                }
-            )
+            content = RecordDict({rk.ARRAYS_KEY: arrays, rk.CONFIG_KEY: configs[train]})
             kind = MessageType.TRAIN if train else MessageType.EVALUATE
             messages.append(
                 Message(content, dst_node_id=node_id, message_type=kind, group_id=str(round_number))

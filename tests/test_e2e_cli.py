@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from consortia.common.demo_data import DemoDataSettings, write_site_npz
+from consortia.common.processes import free_port, wait_for_address
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CLI = [sys.executable, "-m", "consortia.common.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture()
@@ -40,17 +33,6 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             process.kill()
 
 
-def _wait_for_port(port: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"server did not listen on {port}")
-
-
 def _site(tmp_path: Path, name: str, index: int, role: str, superlink: str) -> Path:
     folder = tmp_path / name
     folder.mkdir()
@@ -61,7 +43,7 @@ def _site(tmp_path: Path, name: str, index: int, role: str, superlink: str) -> P
     config.write_text(
         f'[site]\nname = "{name}"\nrole = "{role}"\n[data]\npath = "data.npz"\n'
         f'[node]\nsuperlink = "{superlink}"\nstate_dir = "state"\n'
-        f"runtime_port = {_free_port()}\n",
+        f"runtime_port = {free_port()}\n",
         encoding="utf-8",
     )
     return config
@@ -70,7 +52,7 @@ def _site(tmp_path: Path, name: str, index: int, role: str, superlink: str) -> P
 def test_server_nodes_and_run_commands(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     superlink = f"127.0.0.1:{port}"
     runs = tmp_path / "runs"
     log = (tmp_path / "server.log").open("wb")
@@ -110,7 +92,7 @@ def test_server_nodes_and_run_commands(
         "[run.training]\nbatch_size = 8\n",
         encoding="utf-8",
     )
-    _wait_for_port(port)
+    wait_for_address(superlink, 60.0)
     result = subprocess.run(
         [*CLI, "run", str(run_config), "--superlink", superlink, "--runs-dir", str(runs)],
         capture_output=True,
