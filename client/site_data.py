@@ -1,8 +1,9 @@
-"""A site's registered data set, read the way training reads it.
+"""The arrays training uses, and the legacy MedMNIST-v2 style ``.npz`` data set.
 
-The walking skeleton reads one layout: a MedMNIST-v2 style ``.npz`` with
-``{split}_images`` and ``{split}_labels`` arrays, plus ``{split}_masks`` for segmentation
-(the built-in demo data uses exactly this layout).
+A legacy data set is one ``.npz`` with ``{split}_images`` and ``{split}_labels`` arrays,
+plus ``{split}_masks`` for segmentation (the built-in demo data uses exactly this layout).
+Manifest-described data sets (DICOM, NIfTI, PNG, npz cases) are read by
+`consortia.client.data.dataset.SiteDataset`, which also opens legacy files.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class SiteArrays:
-    """Images as float32 (N, C, *spatial) in [0, 1]; targets as int64 masks or labels."""
+    """Images as float32 (N, C, *spatial); targets as int64 masks (N, *spatial) or class
+    labels (N,). Legacy npz images are in [0, 1]; manifest data sets keep intensities as
+    read (the trainer normalises each image)."""
 
     images: np.ndarray
     targets: np.ndarray
