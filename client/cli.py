@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from consortia.client.data.dataset import SiteDataset
+from consortia.client.data_cli import data_app
 from consortia.client.node import start_node_processes, supervise
 from consortia.common.processes import ProcessGroup, stop_on_sigterm
 from consortia.common.settings import load_site_settings
@@ -27,6 +29,9 @@ def node_start(
 ) -> None:
     """Start this site's Flower SuperNode and executor; runs until Ctrl-C."""
     site = load_site_settings(site_config)
+    for data in (site.data, *site.datasets.values()):
+        # A broken manifest stops the node here, not at the first round.
+        SiteDataset.open(data.path, cache_dir=site.cache_dir)
     stop_on_sigterm()
     with ProcessGroup() as group:
         start_node_processes(
@@ -41,3 +46,4 @@ def node_start(
 def register(app: typer.Typer) -> None:
     """Entry point of the `consortia.cli` group."""
     app.add_typer(node_app, name="node")
+    app.add_typer(data_app, name="data")

@@ -25,35 +25,41 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from consortia.client.site_data import SiteArrays, data_fingerprint, load_npz_splits
-from consortia.client.trainer import EvalResult, evaluate_local, train_local
+from consortia.client.data.dataset import SiteDataset
+from consortia.client.dp_training import DPSpend, train_local_dp
+from consortia.client.privacy_budget import (
+    PrivacyRefusedError,
+    RoundRequest,
+    plan_round,
+    record_round,
+)
+from consortia.client.site_data import SiteArrays
+from consortia.client.trainer import EvalResult, TrainResult, evaluate_local, train_local
 from consortia.common import records as rk
 from consortia.common.device import select_device
-from consortia.common.errors import ConsortiaError, DataError
+from consortia.common.errors import ConfigError, ConsortiaError, DataError
 from consortia.common.instructions import Instruction, get_task
 from consortia.common.models import build_model
+from consortia.common.privacy_ledger import LedgerError, PrivacyLedger, ledger_lock, ledger_path
 from consortia.common.record_fields import (
     RecordFieldError,
     get_array,
     get_array_record,
     get_config_record,
+    get_str,
 )
-from consortia.common.settings import Role, SiteSettings, Task, load_site_settings
+from consortia.common.records import (
+    ERROR_BAD_MESSAGE,
+    ERROR_PRIVACY_BUDGET,
+    ERROR_REFUSED,
+    ERROR_SITE_DATA,
+)
+from consortia.common.settings import Role, SiteSettings, load_site_settings
 from consortia.common.weights import WeightLayout
 
-__all__ = [
-    "ERROR_BAD_MESSAGE",
-    "ERROR_REFUSED",
-    "ERROR_SITE_DATA",
-    "LayoutMismatchError",
-    "app",
-]
+__all__ = ["LayoutMismatchError", "app"]
 
 logger = logging.getLogger("consortia.client")
-
-ERROR_SITE_DATA = 4101
-ERROR_REFUSED = 4102
-ERROR_BAD_MESSAGE = 4103
 
 app = ClientApp()
 
@@ -88,8 +94,9 @@ def _eval_splits(site: SiteSettings) -> tuple[str, ...]:
     return ("train", "val", "test") if site.site.role is Role.HOLDOUT else ("test",)
 
 
-def _load(site: SiteSettings, task: Task, splits: tuple[str, ...]) -> SiteArrays:
-    return load_npz_splits(site.data.path, task, splits)
+def _dataset(site: SiteSettings, name: str) -> SiteDataset:
+    """The registered data set a message asks for, with the node's array cache."""
+    return SiteDataset.open(site.dataset(name).path, cache_dir=site.cache_dir)
 
 
 def _refuse(msg: Message, code: int, reason: str) -> Message:
@@ -140,18 +147,33 @@ def _guarded(handler_name: str, msg: Message, context: Context) -> Message:
         if handler_name == "train":
             return _train(msg, site, instruction)
         return _evaluate_handler(msg, site, instruction)
-    except DataError as err:
+    except (DataError, ConfigError) as err:
         logger.error("site data unusable: %s", err)
         return _refuse(msg, ERROR_SITE_DATA, "site data unusable for this task; see node log")
     except (RecordFieldError, LayoutMismatchError) as err:
         logger.error("malformed %s message: %s", handler_name, err)
         return _refuse(msg, ERROR_BAD_MESSAGE, f"malformed {handler_name} message: {err}")
+    except PrivacyRefusedError as err:
+        logger.warning("round refused by the site's privacy policy: %s", err)
+        return _refuse(msg, ERROR_PRIVACY_BUDGET, str(err))
+    except LedgerError as err:
+        logger.error("privacy ledger unusable, refusing to train: %s", err)
+        return _refuse(
+            msg, ERROR_PRIVACY_BUDGET, "the site's privacy ledger is unusable; see node log"
+        )
 
 
 def _query(msg: Message, site: SiteSettings) -> Message:
-    task = get_task(get_config_record(msg.content, rk.CONFIG_KEY))
-    num_train = len(_load(site, task, ("train",))) if site.site.role is Role.TRAIN else 0
-    num_eval = len(_load(site, task, _eval_splits(site)))
+    config = get_config_record(msg.content, rk.CONFIG_KEY)
+    task = get_task(config)
+    dataset = _dataset(site, get_str(config, rk.CFG_DATASET))
+    num_train = dataset.count(task, ("train",)) if site.site.role is Role.TRAIN else 0
+    num_eval = dataset.count(task, _eval_splits(site))
+    fingerprint = dataset.fingerprint
+    ledger = PrivacyLedger.open(
+        ledger_path(site.ledger_dir, fingerprint), fingerprint, site.site.name
+    )
+    entries = ledger.entries
     info = ConfigRecord(
         {
             rk.SITE_NAME: site.site.name,
@@ -159,10 +181,36 @@ def _query(msg: Message, site: SiteSettings) -> Message:
             rk.SITE_TASK: task.value,
             rk.SITE_NUM_TRAIN: num_train,
             rk.SITE_NUM_EVAL: num_eval,
-            rk.SITE_DATA_FINGERPRINT: data_fingerprint(site.data.path),
+            rk.SITE_DATA_FINGERPRINT: fingerprint,
+            rk.SITE_MAX_EPSILON: site.privacy.max_epsilon,
+            rk.SITE_DELTA: site.privacy.delta,
+            rk.SITE_EPSILON_SPENT: entries[-1].epsilon if entries else 0.0,
         }
     )
     return Message(RecordDict({rk.INFO_KEY: info}), reply_to=msg)
+
+
+def _privacy_record(spend: DPSpend, run_epsilon: float) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            rk.P_NOISE_MULTIPLIER: spend.noise_multiplier,
+            rk.P_SAMPLE_RATE: spend.sample_rate,
+            rk.P_STEPS: spend.steps,
+            rk.P_DELTA: spend.delta,
+            rk.P_EPSILON: spend.epsilon,
+            rk.P_RUN_EPSILON: run_epsilon,
+            rk.P_ACCOUNTANT: spend.accountant,
+            rk.P_MAX_GRAD_NORM: spend.max_grad_norm,
+        }
+    )
+
+
+def _seed(instruction: Instruction, site: SiteSettings) -> int:
+    return (
+        instruction.seed * 1_000_003
+        + instruction.round * 7919
+        + zlib.crc32(site.site.name.encode())
+    ) % (2**31)
 
 
 def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Message:
@@ -170,32 +218,70 @@ def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Messag
         return _refuse(msg, ERROR_REFUSED, f"site {site.site.name} is a held-out site")
     started = time.perf_counter()
     device = select_device()
-    train_data = _load(site, instruction.task, ("train",))
+    dataset = _dataset(site, instruction.dataset)
+    train_data = dataset.load(instruction.task, ("train",))
     model, layout = _model(msg, instruction)
-    content = RecordDict()
-    eval_s = 0.0
-    if instruction.evaluate_first:
-        evaluated = _evaluate(
-            model, _load(site, instruction.task, _eval_splits(site)), instruction, device
-        )
-        _eval_records(content, evaluated)
-        eval_s = evaluated.compute_s
-    seed = (
-        instruction.seed * 1_000_003
-        + instruction.round * 7919
-        + zlib.crc32(site.site.name.encode())
-    ) % (2**31)
-    prepared_s = time.perf_counter() - started - eval_s
-    result = train_local(
-        model,
-        train_data,
-        instruction.task,
-        epochs=instruction.local_epochs,
+    request = RoundRequest(
+        run_id=instruction.run_id,
+        round=instruction.round,
+        total_rounds=instruction.total_rounds,
+        local_epochs=instruction.local_epochs,
         batch_size=instruction.batch_size,
-        learning_rate=instruction.learning_rate,
-        seed=seed,
-        device=device,
+        privacy=instruction.privacy,
     )
+    fingerprint = dataset.fingerprint
+    path = ledger_path(site.ledger_dir, fingerprint)
+    content = RecordDict()
+    # The lock spans plan, training and the ledger write: two runs on this data set at
+    # once cannot both spend the same remaining budget.
+    with ledger_lock(path):
+        ledger = PrivacyLedger.open(path, fingerprint, site.site.name)
+        dp_round = plan_round(site.privacy, ledger, request, len(train_data))
+        eval_s = 0.0
+        if instruction.evaluate_first:
+            evaluated = _evaluate(
+                model, dataset.load(instruction.task, _eval_splits(site)), instruction, device
+            )
+            _eval_records(content, evaluated)
+            eval_s = evaluated.compute_s
+        prepared_s = time.perf_counter() - started - eval_s
+        result: TrainResult
+        if dp_round is None:
+            result = train_local(
+                model,
+                train_data,
+                instruction.task,
+                epochs=instruction.local_epochs,
+                batch_size=instruction.batch_size,
+                learning_rate=instruction.learning_rate,
+                seed=_seed(instruction, site),
+                device=device,
+            )
+        else:
+            result, spend = train_local_dp(
+                model,
+                train_data,
+                instruction.task,
+                epochs=instruction.local_epochs,
+                batch_size=instruction.batch_size,
+                learning_rate=instruction.learning_rate,
+                device=device,
+                dp=dp_round,
+            )
+            entry = record_round(ledger, path, request, spend, result.num_examples)
+            content[rk.PRIVACY_KEY] = _privacy_record(spend, entry.run_epsilon)
+            logger.info(
+                "round %d: DP-SGD sigma %.3f, q %.4f, %d steps; data set epsilon now %.3f "
+                "(delta %g, limit %g), this run %.3f",
+                instruction.round,
+                spend.noise_multiplier,
+                spend.sample_rate,
+                spend.steps,
+                spend.epsilon,
+                spend.delta,
+                site.privacy.max_epsilon,
+                entry.run_epsilon,
+            )
     logger.info(
         "round %d: trained on %d examples in %.2f s, evaluated in %.2f s, prepared in "
         "%.2f s, handler %.2f s (loss %.4f)",
@@ -221,7 +307,7 @@ def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Messag
 
 
 def _evaluate_handler(msg: Message, site: SiteSettings, instruction: Instruction) -> Message:
-    data = _load(site, instruction.task, _eval_splits(site))
+    data = _dataset(site, instruction.dataset).load(instruction.task, _eval_splits(site))
     model, _ = _model(msg, instruction)
     evaluated = _evaluate(model, data, instruction, select_device())
     content = RecordDict()

@@ -18,9 +18,7 @@ logger = logging.getLogger("consortia.client.node")
 
 def default_state_dir(site: SiteSettings) -> Path:
     """Where the node keeps Flower's state and its logs unless the site config says."""
-    if site.node.state_dir is not None:
-        return site.node.state_dir
-    return Path.home() / ".consortia" / "nodes" / site.site.name
+    return site.state_path
 
 
 def supernode_args(site: SiteSettings, site_config: Path, runtime_port: int) -> list[str]:

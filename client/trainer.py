@@ -23,6 +23,7 @@ __all__ = [
     "EvalResult",
     "TrainResult",
     "evaluate_local",
+    "loss_function",
     "normalize_images",
     "prewarm",
     "train_local",
@@ -61,10 +62,11 @@ def prewarm() -> None:
     parameter = nn.Parameter(torch.zeros(1))
     torch.optim.Adam([parameter], lr=1e-3)
     for task in Task:
-        _loss_fn(task)
+        loss_function(task)
 
 
-def _loss_fn(task: Task) -> nn.Module:
+def loss_function(task: Task) -> nn.Module:
+    """The training loss of a task (a mean over the batch, as DP-SGD requires)."""
     if task is Task.SEGMENTATION:
         # Background excluded from the Dice term: lesions cover a few % of the pixels.
         return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
@@ -94,7 +96,7 @@ def train_local(
     torch.manual_seed(seed)
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    loss_fn = _loss_fn(task)
+    loss_fn = loss_function(task)
     loader = _loader(data, batch_size, shuffle=True, seed=seed)
     start = time.perf_counter()
     total_loss, batches = 0.0, 0

@@ -7,12 +7,14 @@ The server builds an `Instruction` and sends `to_config()`; the site parses it b
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from flwr.app import ConfigRecord
+from pydantic import ValidationError
 
 from consortia.common import records as rk
 from consortia.common.models import ModelSettings
+from consortia.common.privacy_settings import SamplePrivacySettings
 from consortia.common.record_fields import (
     RecordFieldError,
     get_bool,
@@ -48,6 +50,10 @@ class Instruction:
     learning_rate: float = 0.0
     seed: int = 0
     evaluate_first: bool = False
+    run_id: str = ""
+    total_rounds: int = 1
+    dataset: str = ""
+    privacy: SamplePrivacySettings = field(default_factory=SamplePrivacySettings)
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord(
@@ -63,6 +69,10 @@ class Instruction:
                 rk.CFG_LEARNING_RATE: self.learning_rate,
                 rk.CFG_SEED: self.seed,
                 rk.CFG_EVALUATE_FIRST: self.evaluate_first,
+                rk.CFG_RUN_ID: self.run_id,
+                rk.CFG_TOTAL_ROUNDS: self.total_rounds,
+                rk.CFG_DATASET: self.dataset,
+                rk.CFG_PRIVACY_SETTINGS: self.privacy.model_dump_json(),
             }
         )
 
@@ -74,6 +84,12 @@ class Instruction:
             model = ModelSettings(**model_fields)
         except (TypeError, ValueError) as err:
             raise RecordFieldError(f"'{rk.CFG_MODEL_SETTINGS}': {err}") from None
+        try:
+            privacy = SamplePrivacySettings.model_validate_json(
+                get_str(config, rk.CFG_PRIVACY_SETTINGS)
+            )
+        except ValidationError as err:
+            raise RecordFieldError(f"'{rk.CFG_PRIVACY_SETTINGS}': {err}") from None
         return cls(
             round=get_int(config, rk.CFG_ROUND),
             run_name=get_str(config, rk.CFG_RUN_NAME),
@@ -86,4 +102,8 @@ class Instruction:
             learning_rate=get_float(config, rk.CFG_LEARNING_RATE),
             seed=get_int(config, rk.CFG_SEED),
             evaluate_first=get_bool(config, rk.CFG_EVALUATE_FIRST),
+            run_id=get_str(config, rk.CFG_RUN_ID),
+            total_rounds=get_int(config, rk.CFG_TOTAL_ROUNDS),
+            dataset=get_str(config, rk.CFG_DATASET),
+            privacy=privacy,
         )

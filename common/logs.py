@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.logging import RichHandler
 
-__all__ = ["UTCFormatter", "add_file_handler", "setup_logging"]
+__all__ = ["UTCFormatter", "add_file_handler", "setup_logging", "utc_now"]
 
 
 class UTCFormatter(logging.Formatter):
@@ -31,6 +32,8 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.propagate = False
+    # pydicom warns about invalid elements with their values: keep that off the logs.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 def add_file_handler(path: Path, level: int = logging.INFO) -> logging.Handler:
@@ -41,3 +44,8 @@ def add_file_handler(path: Path, level: int = logging.INFO) -> logging.Handler:
     handler.setLevel(level)
     logging.getLogger("consortia").addHandler(handler)
     return handler
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp with a Z suffix (every record and audit line uses it)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -11,17 +11,25 @@ from typing import Final
 __all__ = [
     "ARRAYS_KEY",
     "CFG_BATCH_SIZE",
+    "CFG_DATASET",
     "CFG_EVALUATE_FIRST",
     "CFG_LAYOUT_FINGERPRINT",
     "CFG_LEARNING_RATE",
     "CFG_LOCAL_EPOCHS",
     "CFG_MODEL_SETTINGS",
+    "CFG_PRIVACY_SETTINGS",
     "CFG_ROUND",
+    "CFG_RUN_ID",
     "CFG_RUN_NAME",
     "CFG_SEED",
     "CFG_SURFACE_METRICS",
     "CFG_TASK",
+    "CFG_TOTAL_ROUNDS",
     "CONFIG_KEY",
+    "ERROR_BAD_MESSAGE",
+    "ERROR_PRIVACY_BUDGET",
+    "ERROR_REFUSED",
+    "ERROR_SITE_DATA",
     "EVAL_HIST_KEY",
     "EVAL_METRICS_KEY",
     "INFO_KEY",
@@ -31,10 +39,22 @@ __all__ = [
     "M_TRAIN_LOSS",
     "NODE_CONFIG_PARTITION_ID",
     "NODE_CONFIG_SITE_CONFIG",
+    "PRIVACY_KEY",
+    "P_ACCOUNTANT",
+    "P_DELTA",
+    "P_EPSILON",
+    "P_MAX_GRAD_NORM",
+    "P_NOISE_MULTIPLIER",
+    "P_RUN_EPSILON",
+    "P_SAMPLE_RATE",
+    "P_STEPS",
     "RUN_CONFIG_RUN_NAME",
     "RUN_CONFIG_SETTINGS",
     "RUN_CONFIG_SIMULATION_SITES",
     "SITE_DATA_FINGERPRINT",
+    "SITE_DELTA",
+    "SITE_EPSILON_SPENT",
+    "SITE_MAX_EPSILON",
     "SITE_NAME",
     "SITE_NUM_EVAL",
     "SITE_NUM_TRAIN",
@@ -76,6 +96,7 @@ CFG_SEED: Final = "seed"
 CFG_EVALUATE_FIRST: Final = "evaluate-first"
 CFG_LAYOUT_FINGERPRINT: Final = "layout-fingerprint"
 CFG_SURFACE_METRICS: Final = "surface-metrics"
+CFG_DATASET: Final = "dataset"
 
 # ConfigRecord keys of a site's answer to the `query` message.
 SITE_NAME: Final = "name"
@@ -90,3 +111,26 @@ M_NUM_EXAMPLES: Final = "num-examples"
 M_TRAIN_LOSS: Final = "train-loss"
 M_COMPUTE_S: Final = "compute-s"
 M_EVAL_S: Final = "eval-s"
+
+# ConfigRecord keys of the privacy part of instructions, answers and train replies.
+CFG_RUN_ID: Final = "run-id"
+CFG_TOTAL_ROUNDS: Final = "total-rounds"
+CFG_PRIVACY_SETTINGS: Final = "privacy-settings"
+PRIVACY_KEY: Final = "privacy"
+SITE_MAX_EPSILON: Final = "max-epsilon"
+SITE_DELTA: Final = "delta"
+SITE_EPSILON_SPENT: Final = "epsilon-spent"
+P_NOISE_MULTIPLIER: Final = "noise-multiplier"
+P_SAMPLE_RATE: Final = "sample-rate"
+P_STEPS: Final = "steps"
+P_DELTA: Final = "delta"
+P_EPSILON: Final = "epsilon"
+P_RUN_EPSILON: Final = "run-epsilon"
+P_ACCOUNTANT: Final = "accountant"
+P_MAX_GRAD_NORM: Final = "max-grad-norm"
+
+# Error codes of a site's error replies (Flower `Error.code`).
+ERROR_SITE_DATA: Final = 4101
+ERROR_REFUSED: Final = 4102
+ERROR_BAD_MESSAGE: Final = 4103
+ERROR_PRIVACY_BUDGET: Final = 4104

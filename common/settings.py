@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from consortia.common.errors import ConfigError
 from consortia.common.models import ModelSettings
+from consortia.common.privacy_settings import (
+    CentralPrivacySettings,
+    PrivacyPolicy,
+    SamplePrivacySettings,
+)
 
 __all__ = [
     "DataSettings",
@@ -29,6 +34,7 @@ __all__ = [
     "SiteSettings",
     "Task",
     "TrainingSettings",
+    "format_validation_error",
     "load_run_settings",
     "load_site_settings",
     "run_settings_from_json",
@@ -92,13 +98,20 @@ class RunSettings(_Strict):
     task: Task = Task.SEGMENTATION
     rounds: Annotated[int, Field(ge=1, le=10_000)] = 5
     min_sites: Annotated[int, Field(ge=1, le=10_000)] = 2
+    # Training stops early (final evaluation, clean end) when fewer training sites remain,
+    # e.g. because sites refused rounds that would exceed their privacy budget.
+    min_training_sites: Annotated[int, Field(ge=1, le=10_000)] = 1
     sites_per_round: Annotated[int, Field(ge=0)] = 0
     seed: int = 0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     round_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
     surface_metrics: Literal["final", "every_round"] = "final"
+    # Which of a site's data sets to use (`[datasets.<name>]`); empty: its `[data]`.
+    dataset: Annotated[str, Field(pattern=r"^$|" + _NAME_PATTERN)] = ""
     model: ModelConfig = ModelConfig()
     training: TrainingSettings = TrainingSettings()
+    privacy: SamplePrivacySettings = SamplePrivacySettings()
+    central_privacy: CentralPrivacySettings = CentralPrivacySettings()
 
     @field_validator("model")
     @classmethod
@@ -120,10 +133,18 @@ class SiteInfo(_Strict):
 
 
 class DataSettings(_Strict):
-    """The `[data]` table: where the site's registered data set lives."""
+    """The `[data]` table (or one `[datasets.<name>]` table): where a registered data set
+    lives. `format = "auto"` goes by the file: `.toml` is a manifest (docs/data.md),
+    `.npz` a MedMNIST-style array file."""
 
     path: Path
-    format: Literal["npz"] = "npz"
+    format: Literal["auto", "npz", "manifest"] = "auto"
+
+    @property
+    def kind(self) -> Literal["npz", "manifest"]:
+        if self.format != "auto":
+            return self.format
+        return "manifest" if self.path.suffix.lower() == ".toml" else "npz"
 
 
 class NodeSettings(_Strict):
@@ -151,9 +172,38 @@ class SiteSettings(_Strict):
     site: SiteInfo
     data: DataSettings
     node: NodeSettings = NodeSettings()
+    privacy: PrivacyPolicy = PrivacyPolicy()
+    # More data sets on the same node, by name; a run picks one with `[run] dataset`.
+    datasets: dict[Annotated[str, Field(pattern=_NAME_PATTERN)], DataSettings] = {}
+
+    def dataset(self, name: str = "") -> DataSettings:
+        """The data set a run asks for: `[data]` when unnamed, else `[datasets.<name>]`."""
+        if not name:
+            return self.data
+        if name not in self.datasets:
+            known = ", ".join(sorted(self.datasets)) or "none"
+            raise ConfigError(f"site {self.site.name}: no data set named {name!r} ({known})")
+        return self.datasets[name]
+
+    @property
+    def state_path(self) -> Path:
+        """Where the node keeps Flower's state, its logs and its privacy ledgers."""
+        if self.node.state_dir is not None:
+            return self.node.state_dir
+        return Path.home() / ".consortia" / "nodes" / self.site.name
+
+    @property
+    def cache_dir(self) -> Path:
+        """The node's cache of preprocessed arrays (invalidated by data set fingerprints)."""
+        return self.state_path / "data-cache"
+
+    @property
+    def ledger_dir(self) -> Path:
+        """The site's privacy ledgers, one file per data set."""
+        return self.state_path / "privacy"
 
 
-def _format_validation_error(source: str, error: ValidationError) -> str:
+def format_validation_error(source: str, error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -162,6 +212,8 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
             problem = "unknown key"
         elif item["type"] == "missing":
             problem = "required key is missing"
+        elif item["type"] == "value_error":
+            problem = problem.removeprefix("Value error, ")
         lines.append(f"{source}: {where}: {problem}")
     return "\n".join(lines)
 
@@ -180,7 +232,7 @@ def _validate(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(source, err)) from None
+        raise ConfigError(format_validation_error(source, err)) from None
     except ValueError as err:  # raised by the model factory's own checks
         raise ConfigError(f"{source}: model: {err}") from None
 
@@ -209,17 +261,25 @@ def load_site_settings(path: Path) -> SiteSettings:
     """Read and validate a site config; relative data paths are relative to the file."""
     raw = _read_toml(path)
     settings = _validate(SiteSettings, raw, str(path))
-    data_path = settings.data.path
-    if not data_path.is_absolute():
-        data_path = (path.parent / data_path).resolve()
-    if not data_path.exists():
-        raise ConfigError(f"{path}: data.path: data set not found: {data_path}")
+
+    def resolved(data: DataSettings, where: str) -> DataSettings:
+        data_path = data.path
+        if not data_path.is_absolute():
+            data_path = (path.parent / data_path).resolve()
+        if not data_path.exists():
+            raise ConfigError(f"{path}: {where}.path: data set not found: {data_path}")
+        return data.model_copy(update={"path": data_path})
+
+    datasets = {
+        name: resolved(data, f"datasets.{name}") for name, data in settings.datasets.items()
+    }
     state_dir = settings.node.state_dir
     if state_dir is not None and not state_dir.is_absolute():
         state_dir = (path.parent / state_dir).resolve()
     return settings.model_copy(
         update={
-            "data": settings.data.model_copy(update={"path": data_path}),
+            "data": resolved(settings.data, "data"),
+            "datasets": datasets,
             "node": settings.node.model_copy(update={"state_dir": state_dir}),
         }
     )

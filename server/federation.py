@@ -14,7 +14,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -26,21 +27,21 @@ from consortia.common.instructions import Instruction
 from consortia.common.models import build_model
 from consortia.common.record_fields import (
     RecordFieldError,
-    get_array,
-    get_array_record,
-    get_config_record,
-    get_float,
-    get_int,
     get_metric_record,
-    get_str,
     metric_floats,
     metric_lists,
 )
+from consortia.common.records import ERROR_PRIVACY_BUDGET
 from consortia.common.settings import Role, RunSettings
 from consortia.common.weights import WeightLayout
-from consortia.server.aggregation import UpdateShapeError, check_update, weighted_average
+from consortia.server.aggregation import UpdateShapeError, weighted_average
+from consortia.server.central_privacy import CentralPrivacy
 from consortia.server.evaluation import pooled_metrics, site_metrics
+from consortia.server.messaging import exchange
 from consortia.server.run_folder import RunFolder
+from consortia.server.run_privacy import RunPrivacy
+from consortia.server.sites import Site, site_from_reply
+from consortia.server.updates import accept_update
 
 __all__ = ["Federation", "FederationError", "Site"]
 
@@ -51,32 +52,8 @@ class FederationError(ConsortiaError):
     """The run cannot go on (too few sites, no training site, every update rejected)."""
 
 
-@dataclass(frozen=True)
-class Site:
-    """A node that answered the `query` message."""
-
-    node_id: int
-    name: str
-    role: Role
-    num_train: int
-    num_eval: int
-    data_fingerprint: str
-
-
 def _to_record(weights: np.ndarray) -> ArrayRecord:
     return ArrayRecord({rk.WEIGHTS_ARRAY: Array(np.ascontiguousarray(weights))})
-
-
-def _site_from_reply(node_id: int, reply: Message) -> Site:
-    info = get_config_record(reply.content, rk.INFO_KEY)
-    return Site(
-        node_id=node_id,
-        name=get_str(info, rk.SITE_NAME),
-        role=Role(get_str(info, rk.SITE_ROLE)),
-        num_train=get_int(info, rk.SITE_NUM_TRAIN),
-        num_eval=get_int(info, rk.SITE_NUM_EVAL),
-        data_fingerprint=get_str(info, rk.SITE_DATA_FINGERPRINT),
-    )
 
 
 class Federation:
@@ -100,6 +77,9 @@ class Federation:
         self.layout = WeightLayout.of(model.state_dict())
         self.layout_fingerprint = self.layout.fingerprint()
         self.initial_weights = self.layout.flatten(model.state_dict())
+        self.privacy = RunPrivacy(settings)
+        self.central: CentralPrivacy | None = None
+        self.ended_early: str | None = None
 
     # -- messaging -------------------------------------------------------------------------
 
@@ -110,28 +90,13 @@ class Federation:
         on_reply: Callable[[int, Message], None] | None = None,
     ) -> dict[int, Message]:
         """Push `messages`, pull replies as they arrive until all came or `timeout_s`."""
-        message_ids = list(self.grid.push_messages(messages))
-        node_of = {
-            mid: msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True)
-        }
-        pending = set(message_ids)
-        replies: dict[int, Message] = {}
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            for reply in self.grid.pull_messages(list(pending)):
-                message_id = reply.metadata.reply_to_message_id
-                if message_id not in pending:
-                    continue
-                pending.discard(message_id)
-                node_id = node_of[message_id]
-                replies[node_id] = reply
-                if on_reply is not None:
-                    on_reply(node_id, reply)
-            if pending:
-                time.sleep(self.poll_interval_s)
-        for message_id in pending:
-            logger.warning("no reply from node %d within %.0f s", node_of[message_id], timeout_s)
-        return replies
+        return exchange(
+            self.grid,
+            messages,
+            timeout_s,
+            poll_interval_s=self.poll_interval_s,
+            on_reply=on_reply,
+        )
 
     def _instruction(self, round_number: int, *, train: bool) -> Instruction:
         s = self.settings
@@ -147,6 +112,10 @@ class Federation:
             learning_rate=s.training.learning_rate if train else 0.0,
             seed=s.seed,
             evaluate_first=train,
+            run_id=self.folder.path.name,
+            total_rounds=s.rounds,
+            privacy=s.privacy,
+            dataset=s.dataset,
         )
 
     # -- discovery -------------------------------------------------------------------------
@@ -168,7 +137,9 @@ class Federation:
     def discover_sites(self) -> list[Site]:
         """Ask every connected node who it is; keep the ones whose data fit the task."""
         node_ids = self.wait_for_nodes()
-        config = ConfigRecord({rk.CFG_TASK: self.settings.task.value})
+        config = ConfigRecord(
+            {rk.CFG_TASK: self.settings.task.value, rk.CFG_DATASET: self.settings.dataset}
+        )
         messages = [
             Message(
                 RecordDict({rk.CONFIG_KEY: config}),
@@ -186,7 +157,7 @@ class Federation:
                 logger.warning("node %d left out: %s", node_id, reply.error.reason)
                 continue
             try:
-                site = _site_from_reply(node_id, reply)
+                site, site_privacy = site_from_reply(node_id, reply)
             except (RecordFieldError, ValueError) as err:
                 self.folder.event("site_refused", node_id=node_id, reason=str(err))
                 logger.warning("node %d left out: malformed answer: %s", node_id, err)
@@ -197,12 +168,15 @@ class Federation:
                 continue
             names.add(site.name)
             self.sites[node_id] = site
+            if site.role is Role.TRAIN:
+                self.privacy.add_site(site.name, site_privacy)
             self.folder.event("site_joined", site=site.name, role=site.role.value)
         if not any(site.role is Role.TRAIN for site in self.sites.values()):
             raise FederationError("no training site answered; nothing to train")
         self.folder.results["sites"] = [
             asdict(site) | {"role": site.role.value} for site in self.sites.values()
         ]
+        self.folder.results["privacy"] = self.privacy.section()
         self.folder.save()
         return list(self.sites.values())
 
@@ -210,7 +184,12 @@ class Federation:
 
     def select_training_sites(self, round_number: int) -> list[Site]:
         trainers = sorted(
-            (s for s in self.sites.values() if s.role is Role.TRAIN), key=lambda s: s.name
+            (
+                s
+                for s in self.sites.values()
+                if s.role is Role.TRAIN and s.name not in self.privacy.excluded
+            ),
+            key=lambda s: s.name,
         )
         k = self.settings.sites_per_round or len(trainers)
         if k >= len(trainers):
@@ -288,6 +267,16 @@ class Federation:
             "evaluated", round=model_round, holdout=evaluation["holdout"], sites=per_site
         )
 
+    def _exclude(self, round_number: int, site: Site, reason: str) -> None:
+        self.privacy.exclude(site.name, reason)
+        logger.warning(
+            "round %d: %s leaves training (its privacy policy refused): %s",
+            round_number,
+            site.name,
+            reason,
+        )
+        self.folder.event("site_excluded", round=round_number, site=site.name, reason=reason)
+
     def _aggregate(
         self,
         round_number: int,
@@ -297,6 +286,7 @@ class Federation:
     ) -> np.ndarray:
         updates: list[tuple[np.ndarray, float]] = []
         train_info: dict[str, dict[str, float]] = {}
+        privacy: dict[str, dict[str, Any]] = {}
         rejected: dict[str, str] = {}
         for site in trainers:
             reply = replies.get(site.node_id)
@@ -304,32 +294,43 @@ class Federation:
                 rejected[site.name] = "no reply before the round timeout"
                 continue
             if reply.has_error():
-                rejected[site.name] = reply.error.reason or f"error {reply.error.code}"
+                reason = reply.error.reason or f"error {reply.error.code}"
+                rejected[site.name] = reason
+                if reply.error.code == ERROR_PRIVACY_BUDGET:
+                    self._exclude(round_number, site, reason)
                 continue
             try:
-                metrics = get_metric_record(reply.content, rk.TRAIN_METRICS_KEY)
-                count = get_float(metrics, rk.M_NUM_EXAMPLES)
-                update = get_array(get_array_record(reply.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY)
-                check_update(weights, update)
-                if not 0 < count <= site.num_train:
-                    raise UpdateShapeError(
-                        f"claims {count:.0f} examples; the site registered {site.num_train}"
-                    )
-                train_info[site.name] = {
-                    "examples": count,
-                    "loss": get_float(metrics, rk.M_TRAIN_LOSS),
-                    "compute_s": get_float(metrics, rk.M_COMPUTE_S),
-                }
+                accepted = accept_update(
+                    site, reply, weights, self.privacy, dp=self.settings.privacy.enabled
+                )
             except (RecordFieldError, UpdateShapeError) as err:
                 rejected[site.name] = f"update rejected: {err}"
                 continue
-            updates.append((update, count))
+            updates.append((accepted.weights, accepted.examples))
+            train_info[site.name] = accepted.info
+            if accepted.privacy is not None:
+                privacy[site.name] = accepted.privacy
         for name, reason in rejected.items():
             logger.warning("round %d: %s left out: %s", round_number, name, reason)
-        if not updates:
+        refused_all = bool(trainers) and all(s.name in self.privacy.excluded for s in trainers)
+        if not updates and not refused_all:
             raise FederationError(f"round {round_number}: no usable update ({rejected})")
-        new_weights = weighted_average(updates)
+        central_refused = None
+        if not updates:
+            new_weights = weights
+        elif self.central is None:
+            new_weights = weighted_average(updates)
+        else:
+            released = self.central.aggregate(
+                round_number, weights, [u for u, _ in updates], asked=len(trainers)
+            )
+            central_refused = None if released is not None else self.central.last_refusal
+            new_weights = weights if released is None else released
+            self.privacy.central.update(self.central.spent())
+        if central_refused is not None:
+            logger.warning("round %d: model unchanged: %s", round_number, central_refused)
         checkpoint = self.folder.checkpoint(round_number, self.layout.unflatten(new_weights))
+        self.folder.results["privacy"] = self.privacy.section()
         self.folder.update_round(
             round_number,
             participants=sorted(train_info),
@@ -337,15 +338,45 @@ class Federation:
             left_out=rejected,
             total_examples=sum(c for _, c in updates),
             checkpoint=checkpoint,
+            privacy=privacy,
         )
+        if self.central is not None:
+            self.folder.update_round(
+                round_number,
+                central_privacy={"released": central_refused is None, "reason": central_refused},
+            )
         return new_weights
+
+    def _too_few_trainers(self) -> str | None:
+        eligible = self.privacy.eligible(
+            site.name for site in self.sites.values() if site.role is Role.TRAIN
+        )
+        needed = self.settings.min_training_sites
+        if len(eligible) >= needed:
+            return None
+        return (
+            f"{len(eligible)} training site(s) left, fewer than min_training_sites={needed} "
+            f"(left training: {', '.join(sorted(self.privacy.excluded)) or 'none'})"
+        )
 
     def run(self) -> np.ndarray:
         """Discover sites, run every round, evaluate the final model; returns its weights."""
         self.discover_sites()
+        if self.settings.central_privacy.enabled:
+            self.central = CentralPrivacy(
+                self.settings.central_privacy,
+                sites_per_round=len(self.select_training_sites(1)),
+                layout_size=self.layout.size,
+            )
         weights = self.initial_weights
         self.folder.checkpoint(0, self.layout.unflatten(weights))
         for round_number in range(1, self.settings.rounds + 1):
+            self.ended_early = self._too_few_trainers()
+            if self.ended_early is not None:
+                logger.warning("training ends before round %d: %s", round_number, self.ended_early)
+                self.folder.results["ended_early"] = self.ended_early
+                self.folder.event("ended_early", round=round_number, reason=self.ended_early)
+                break
             started = time.monotonic()
             trainers = self.select_training_sites(round_number)
             logger.info(
@@ -363,6 +394,7 @@ class Federation:
             duration = time.monotonic() - started
             self.folder.update_round(round_number, duration_s=round(duration, 3))
             self.folder.event("round_done", round=round_number, duration_s=duration)
+        last_round = max((entry["round"] for entry in self.folder.results["rounds"]), default=0)
         final = self._wave(self.settings.rounds + 1, weights, trainers=())
-        self._record_evaluation(self.settings.rounds, final)
+        self._record_evaluation(last_round, final)
         return weights

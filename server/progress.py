@@ -19,7 +19,14 @@ from consortia.common.settings import Task
 from consortia.server.run_folder import EVENTS_FILE, RESULTS_FILE
 from consortia.server.submit import SuperLinkConnection, stop_run
 
-__all__ = ["RunProgress", "final_table", "follow_run", "headline_metric", "watch_run"]
+__all__ = [
+    "RunProgress",
+    "final_table",
+    "follow_run",
+    "headline_metric",
+    "privacy_table",
+    "watch_run",
+]
 
 _TERMINAL = {"run_done", "run_failed"}
 
@@ -142,6 +149,32 @@ def final_table(results: dict[str, Any]) -> Table:
     return table
 
 
+def privacy_table(results: dict[str, Any]) -> Table | None:
+    """Per training site: the privacy spent (this run and in total) against its limit."""
+    privacy = results.get("privacy") or {}
+    sites = privacy.get("sites") or {}
+    if not (privacy.get("sample_level") or {}).get("enabled") or not sites:
+        return None
+    table = Table(title="Differential privacy per training site (sample-level DP-SGD)")
+    for column in ("site", "epsilon this run", "epsilon total", "limit", "delta", "status"):
+        table.add_column(column, justify="left" if column in ("site", "status") else "right")
+    run_epsilon: dict[str, float] = {}
+    for entry in results.get("rounds", []):
+        for name, spent in (entry.get("privacy") or {}).items():
+            run_epsilon[name] = spent["run_epsilon"]
+    for name, site in sorted(sites.items()):
+        excluded = site.get("excluded")
+        table.add_row(
+            name,
+            f"{run_epsilon.get(name, 0.0):.3f}",
+            f"{site['epsilon']:.3f}",
+            f"{site['max_epsilon']:g}",
+            f"{site['delta']:g}",
+            f"left training: {excluded}" if excluded else "ok",
+        )
+    return table
+
+
 def watch_run(
     run_id: int,
     connection: SuperLinkConnection,
@@ -164,4 +197,9 @@ def watch_run(
         raise
     results: dict[str, Any] = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
     console.print(final_table(results))
+    privacy = privacy_table(results)
+    if privacy is not None:
+        console.print(privacy)
+    if results.get("ended_early"):
+        console.print(f"[yellow]Training ended early:[/] {results['ended_early']}")
     return results

@@ -13,46 +13,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["EVENTS_FILE", "RESULTS_FILE", "RunFolder", "utc_now", "write_json_atomic"]
+from consortia.common.atomic import json_default, write_json_atomic
+from consortia.common.logs import utc_now
+
+__all__ = ["EVENTS_FILE", "RESULTS_FILE", "RunFolder"]
 
 RESULTS_FILE = "results.json"
 EVENTS_FILE = "events.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 SCHEMA = "consortia.results/1"
-
-
-def utc_now() -> str:
-    """ISO-8601 UTC timestamp with a Z suffix."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside `path`, fsync it, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, allow_nan=False, default=_jsonable)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _finite(value: Any) -> Any:
@@ -90,7 +66,9 @@ class RunFolder:
 
     def event(self, kind: str, /, **fields: Any) -> None:
         """Append one event line (flushed at once: a progress display tails this file)."""
-        line = json.dumps({"time": utc_now(), "event": kind, **_finite(fields)}, default=_jsonable)
+        line = json.dumps(
+            {"time": utc_now(), "event": kind, **_finite(fields)}, default=json_default
+        )
         with (self.path / EVENTS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 

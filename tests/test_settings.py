@@ -110,3 +110,64 @@ def test_site_config_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"node\.superlink: .*HOST:PORT"):
         load_site_settings(bad_link)
+
+
+def test_site_with_several_data_sets_and_a_privacy_policy(tmp_path: Path) -> None:
+    (tmp_path / "default.npz").write_bytes(b"")
+    (tmp_path / "chest").mkdir()
+    (tmp_path / "chest" / "manifest.toml").write_text("", encoding="utf-8")
+    config = _write(
+        tmp_path,
+        "site.toml",
+        '[site]\nname = "h"\n[data]\npath = "default.npz"\n'
+        '[datasets.chest]\npath = "chest/manifest.toml"\n'
+        "[privacy]\nmax_epsilon = 4.0\ndelta = 1e-6\n",
+    )
+    site = load_site_settings(config)
+    assert site.dataset().path == tmp_path / "default.npz"
+    assert site.dataset().kind == "npz"
+    chest = site.dataset("chest")
+    assert chest.path == tmp_path / "chest" / "manifest.toml"
+    assert chest.kind == "manifest"
+    assert site.privacy.max_epsilon == 4.0 and site.privacy.delta == 1e-6
+    assert site.ledger_dir == Path.home() / ".consortia" / "nodes" / "h" / "privacy"
+    with pytest.raises(ConfigError, match="no data set named 'brain'"):
+        site.dataset("brain")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[datasets.x]\npath = 'missing.toml'\n", "datasets.x.path: data set not found"),
+        ("[privacy]\nmax_epsilon = -1\n", "privacy.max_epsilon: Input should be greater than 0"),
+        ("[privacy]\nepsilon = 3\n", "privacy.epsilon: unknown key"),
+    ],
+)
+def test_site_privacy_and_data_set_mistakes_are_named(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    (tmp_path / "d.npz").write_bytes(b"")
+    config = _write(tmp_path, "site.toml", f'[site]\nname = "h"\n[data]\npath = "d.npz"\n{text}')
+    with pytest.raises(ConfigError, match=problem):
+        load_site_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("target_epsilon = 4\nnoise_multiplier = 1.0\n", "not both"),
+        ("noise_multiplier = 0\n", "noise_multiplier: Input should be greater than 0"),
+        ("accountant = 'gdp'\n", "accountant: Input should be 'rdp' or 'prv'"),
+    ],
+)
+def test_run_privacy_mistakes_are_named(tmp_path: Path, text: str, problem: str) -> None:
+    config = _write(tmp_path, "run.toml", f"[run]\n[run.privacy]\n{text}")
+    with pytest.raises(ConfigError, match=problem):
+        load_run_settings(config)
+
+
+def test_run_privacy_defaults_to_a_target_epsilon() -> None:
+    settings = run_settings_from_json("{}")
+    assert settings.privacy.enabled and settings.privacy.target_epsilon == 8.0
+    assert settings.privacy.noise_multiplier is None
+    assert not settings.central_privacy.enabled

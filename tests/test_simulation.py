@@ -32,7 +32,9 @@ def test_simulated_federation(tmp_path: Path) -> None:
         role = "holdout" if index == 4 else "train"
         write_site_npz(sites / f"{name}.npz", index, data)
         (sites / f"{name}.toml").write_text(
-            f'[site]\nname = "{name}"\nrole = "{role}"\n[data]\npath = "{name}.npz"\n',
+            f'[site]\nname = "{name}"\nrole = "{role}"\n[data]\npath = "{name}.npz"\n'
+            # the node's state (privacy ledger, data cache) stays in the test's folder
+            f'[node]\nstate_dir = "state-{name}"\n',
             encoding="utf-8",
         )
     run = tmp_path / "run.toml"
