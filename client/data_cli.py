@@ -147,21 +147,20 @@ def check(
     raise typer.Exit(0 if report.usable else 1)
 
 
+def _count_table(title: str, column: str, counts: dict[str, int]) -> Table:
+    table = Table(title=title, show_header=True)
+    table.add_column(column)
+    table.add_column("count", justify="right")
+    for name, count in counts.items():
+        table.add_row(name, str(count))
+    return table
+
+
 def _print_deidentify(console: Console, report: DeidentifyReport, dst: Path) -> None:
     console.print(f"wrote {report.files_written} de-identified file(s) to {dst}")
-    actions = Table(title="Changes per action", show_header=True)
-    actions.add_column("action")
-    actions.add_column("count", justify="right")
-    for kind, count in report.changes.items():
-        actions.add_row(kind, str(count))
-    console.print(actions)
+    console.print(_count_table("Changes per action", "action", report.changes))
     if report.per_keyword:
-        keywords = Table(title="Changes per attribute", show_header=True)
-        keywords.add_column("attribute")
-        keywords.add_column("count", justify="right")
-        for keyword, count in report.per_keyword.items():
-            keywords.add_row(keyword, str(count))
-        console.print(keywords)
+        console.print(_count_table("Changes per attribute", "attribute", report.per_keyword))
     if report.problems:
         problems = Table(title="Files left out", show_header=True)
         problems.add_column("file", overflow="fold")

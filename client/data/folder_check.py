@@ -35,6 +35,19 @@ def _relative(path: str, folder: Path) -> str:
         return path
 
 
+def _report(folder: Path, results: list[CaseResult], phi: Counter[str]) -> CheckReport:
+    """A DICOM folder's report: no task, no fingerprint, no training split needed."""
+    return CheckReport.build(
+        dataset=folder.name,
+        source=str(folder),
+        task=None,
+        fingerprint=None,
+        results=results,
+        phi=phi,
+        needs_train=False,
+    )
+
+
 def check_dicom_folder(
     folder: Path,
     *,
@@ -51,15 +64,7 @@ def check_dicom_folder(
         results.append(
             failed_result(folder.name or str(folder), None, problem.path, problem.reason)
         )
-        return CheckReport.build(
-            dataset=folder.name,
-            source=str(folder),
-            task=None,
-            fingerprint=None,
-            results=results,
-            phi=phi,
-            needs_train=False,
-        )
+        return _report(folder, results, phi)
     for bad in scan.problems:
         results.append(failed_result(_relative(bad.path, folder), None, bad.path, bad.reason))
     for number, (_, files) in enumerate(scan.series, start=1):
@@ -84,12 +89,4 @@ def check_dicom_folder(
         results.append(result)
         if on_case is not None:
             on_case(number, len(scan.series))
-    return CheckReport.build(
-        dataset=folder.name,
-        source=str(folder),
-        task=None,
-        fingerprint=None,
-        results=results,
-        phi=phi,
-        needs_train=False,
-    )
+    return _report(folder, results, phi)
