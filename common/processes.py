@@ -148,21 +148,36 @@ class ManagedProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is still there after `grace_s`."""
+    def terminate(self) -> None:
+        """SIGTERM the process group (if the leader still runs)."""
+        if self.popen is not None and self.popen.poll() is None:
+            _signal_group(self.popen.pid, signal.SIGTERM)
+
+    def wait_until(self, deadline: float) -> bool:
+        """Wait for the leader to exit until `deadline` (monotonic); True if it did."""
+        if self.popen is None:
+            return True
+        try:
+            self.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in time; killing it", self.name)
+            return False
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL whatever is left of the process group: grandchildren (e.g. Flower's
+        app processes) may outlive the leader."""
         if self.popen is None:
             return
-        pgid = self.popen.pid
-        if self.popen.poll() is None:
-            _signal_group(pgid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop in %.0f s; killing it", self.name, grace_s)
-        # Grandchildren (e.g. Flower's app processes) may outlive the leader.
-        _signal_group(pgid, signal.SIGKILL)
+        _signal_group(self.popen.pid, signal.SIGKILL)
         if self.popen.poll() is None:
             self.popen.wait(timeout=5)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is still there after `grace_s`."""
+        self.terminate()
+        self.wait_until(time.monotonic() + grace_s)
+        self.kill()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -185,11 +200,21 @@ class ProcessGroup:
         for process in self.processes:
             process.check_alive()
 
-    def stop_all(self) -> None:
-        for process in reversed(self.processes):
+    def stop_all(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every process (newest first), give them `grace_s` together, then
+        SIGKILL what is left: stopping takes seconds, not `grace_s` per process."""
+        processes = list(reversed(self.processes))
+        for process in processes:
             try:
-                process.stop()
+                process.terminate()
             except Exception:  # keep stopping the others
+                logger.exception("could not signal %s", process.name)
+        deadline = time.monotonic() + grace_s
+        for process in processes:
+            try:
+                process.wait_until(deadline)
+                process.kill()
+            except Exception:
                 logger.exception("could not stop %s", process.name)
         self.processes.clear()
 

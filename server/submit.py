@@ -153,7 +153,7 @@ def submit_run(
 
 def stop_run(run_id: int, connection: SuperLinkConnection) -> None:
     """Ask the SuperLink to stop a run (best effort)."""
-    connection.flwr("stop", str(run_id), timeout=60)
+    connection.flwr("stop", str(run_id), timeout=30)
 
 
 def stream_logs(run_id: int, connection: SuperLinkConnection) -> None:
