@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +89,25 @@ def _render(progress: RunProgress, started: float, metric: str) -> Group:
     return Group(*lines)
 
 
+@contextlib.contextmanager
+def _deferred_interrupts() -> Iterator[threading.Event]:
+    """Turn Ctrl-C/SIGTERM into a flag while the live display runs: an exception raised
+    asynchronously inside Rich's locked rendering could leave its lock held and hang the
+    display's shutdown. The caller checks the flag at a safe point instead."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def follow_run(
     run_dir: Path,
     rounds: int,
@@ -101,10 +123,16 @@ def follow_run(
     events_path = run_dir / EVENTS_FILE
     position = 0
     started = time.monotonic()
-    with Live(
-        _render(progress, started, metric), console=console, refresh_per_second=4, transient=False
-    ) as live:
-        while progress.finished is None:
+    with (
+        _deferred_interrupts() as interrupted,
+        Live(
+            _render(progress, started, metric),
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+        ) as live,
+    ):
+        while progress.finished is None and not interrupted.is_set():
             if time.monotonic() - started > timeout_s:
                 raise ConsortiaError(f"run did not finish within {timeout_s:.0f} s")
             if check_alive is not None:
@@ -118,7 +146,9 @@ def follow_run(
                         position += len(line.encode("utf-8"))
                         progress.apply(json.loads(line), metric)
             live.update(_render(progress, started, metric))
-            time.sleep(0.25)
+            interrupted.wait(0.25)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
     if progress.finished == "run_failed":
         raise ConsortiaError(f"the run failed: {progress.reason}")
     return progress
