@@ -31,7 +31,7 @@ from consortia.client.dp_engine import make_private_step, resolve_mode
 from consortia.client.site_data import SiteArrays
 from consortia.client.trainer import TrainResult, loss_function, normalize_images
 from consortia.common.device import autocast
-from consortia.common.privacy_accounting import HistoryEntry, epsilon_of
+from consortia.common.privacy_accounting import HistoryEntry, epsilon_of, make_accountant
 from consortia.common.privacy_settings import Accountant
 from consortia.common.settings import Task
 
@@ -92,16 +92,15 @@ def train_local_dp(
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(data.targets))
+    # No seeded generator (unlike `trainer`'s loader): Opacus' Poisson sampler inherits
+    # the loader's generator, and the batches must not be predictable from the run seed.
     loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(dataset, batch_size=batch_size)
     with warnings.catch_warnings():
         # Opacus' reminder about secure_mode: its CSPRNG (torchcsprng) is unmaintained;
         # the module docstring says where our randomness comes from instead.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant=dp.accountant)
-    if dp.history:
-        engine.accountant.load_state_dict(
-            {"history": list(dp.history), "mechanism": engine.accountant.mechanism()}
-        )
+    engine.accountant = make_accountant(dp.accountant, dp.history)
     steps_before = _steps(engine.accountant.history)
     step = make_private_step(
         model,

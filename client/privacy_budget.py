@@ -8,7 +8,7 @@ entry is on disk: a crash can over-count spending, never under-count it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from consortia.client.dp_training import DPRound, DPSpend
@@ -118,16 +118,10 @@ def record_round(
         [*ledger.history(request.run_id), spend.history_entry()], spend.delta, spend.accountant
     )
     entry = LedgerEntry(
+        **asdict(spend),
+        run_epsilon=run_epsilon,
         run_id=request.run_id,
         round=request.round,
-        noise_multiplier=spend.noise_multiplier,
-        sample_rate=spend.sample_rate,
-        steps=spend.steps,
-        delta=spend.delta,
-        epsilon=spend.epsilon,
-        run_epsilon=run_epsilon,
-        accountant=spend.accountant,
-        max_grad_norm=spend.max_grad_norm,
         num_examples=num_examples,
         recorded_at=utc_now(),
     )

@@ -8,7 +8,6 @@ Manifest-described data sets (DICOM, NIfTI, PNG, npz cases) are read by
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from consortia.common.errors import DataError
+from consortia.common.files import sha256_file
 from consortia.common.settings import Task
 
 __all__ = ["SPLITS", "SiteArrays", "data_fingerprint", "load_npz_splits"]
@@ -38,11 +38,7 @@ class SiteArrays:
 
 def data_fingerprint(path: Path) -> str:
     """SHA-256 of the data file's bytes: identifies the data set without revealing it."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _as_channels_first(images: np.ndarray, name: str) -> np.ndarray:

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from consortia.common.atomic import write_json_atomic
 from consortia.common.errors import ConsortiaError
+from consortia.common.files import write_json_atomic
 from consortia.common.hash_chain import (
     HASH_FIELD,
     PREV_FIELD,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from consortia.common.atomic import json_default, write_json_atomic
+from consortia.common.files import json_default, write_json_atomic
 from consortia.common.logs import utc_now
 
 __all__ = ["EVENTS_FILE", "RESULTS_FILE", "RunFolder"]

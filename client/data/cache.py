@@ -15,61 +15,26 @@ or does not match its index is discarded and rebuilt.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from consortia.client.site_data import SiteArrays
+from consortia.common.files import sha256_file, write_atomic
 
-__all__ = ["ArrayCache", "FileHashCache", "atomic_write", "sha256_file"]
+__all__ = ["ArrayCache", "FileHashCache"]
 
 logger = logging.getLogger("consortia.client.data.cache")
 
 CACHE_FORMAT = 1
 _READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` through a temporary file in the same folder, fsync, then replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, then renamed
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(handle.name)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -78,7 +43,8 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     def _write(handle: IO[bytes]) -> None:
         handle.write(text)
 
-    atomic_write(path, _write)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, _write)
 
 
 class FileHashCache:
@@ -181,12 +147,13 @@ class ArrayCache:
         """Write an entry (split files first, index last) and remove stale entries of
         other fingerprints."""
         entry = self.folder / key
+        entry.mkdir(parents=True, exist_ok=True)
         for split, data in arrays.items():
 
             def _save(handle: IO[bytes], data: SiteArrays = data) -> None:
                 np.savez(handle, images=data.images, targets=data.targets)
 
-            atomic_write(entry / f"{split}.npz", _save)
+            write_atomic(entry / f"{split}.npz", _save)
         _write_json(entry / "index.json", {**index, "format": CACHE_FORMAT})
         for other in self.folder.iterdir():
             if other.name == key or not other.is_dir():
