@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from consortia.client.approve_cli import approvals, approve, revoke
+from consortia.client.connection_check import check_server_connection
 from consortia.client.data.dataset import SiteDataset
 from consortia.client.data_cli import data_app
 from consortia.client.node import start_node_processes, supervise
+from consortia.client.node_audit import node_audit_for
+from consortia.common.audit_log import NODE_STARTED
 from consortia.common.processes import ProcessGroup, stop_on_sigterm
+from consortia.common.run_identity import app_hash
 from consortia.common.settings import load_site_settings
 
 __all__ = ["register"]
@@ -29,9 +35,14 @@ def node_start(
 ) -> None:
     """Start this site's Flower SuperNode and executor; runs until Ctrl-C."""
     site = load_site_settings(site_config)
+    site.node.check_connection_files(str(site_config))
+    check_server_connection(
+        site.node.superlink, None if site.node.insecure else site.node.root_certificates
+    )
     for data in (site.data, *site.datasets.values()):
         # A broken manifest stops the node here, not at the first round.
         SiteDataset.open(data.path, cache_dir=site.cache_dir)
+    node_audit_for(site).append(NODE_STARTED, version=version("consortia"), app_hash=app_hash())
     stop_on_sigterm()
     with ProcessGroup() as group:
         start_node_processes(
@@ -41,6 +52,11 @@ def node_start(
             supervise(group)
         except KeyboardInterrupt:
             typer.echo("stopping node")
+
+
+node_app.command("approve")(approve)
+node_app.command("approvals")(approvals)
+node_app.command("revoke")(revoke)
 
 
 def register(app: typer.Typer) -> None:

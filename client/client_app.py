@@ -6,12 +6,11 @@ the site's data are logged here in full and reported to the server without file 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import zlib
-from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import (
     Array,
@@ -25,17 +24,23 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
+from consortia.client.approval_mod import approval_mod
 from consortia.client.data.dataset import SiteDataset
 from consortia.client.dp_training import DPSpend, train_local_dp
+from consortia.client.node_audit import node_audit_for
 from consortia.client.privacy_budget import (
     PrivacyRefusedError,
     RoundRequest,
     plan_round,
     record_round,
 )
+from consortia.client.secagg_handlers import mask_update, secagg_keys, secagg_unmask
+from consortia.client.signing_mod import signing_mod
+from consortia.client.site_context import site_settings
 from consortia.client.site_data import SiteArrays
 from consortia.client.trainer import EvalResult, TrainResult, evaluate_local, train_local
 from consortia.common import records as rk
+from consortia.common.audit_log import PRIVACY_SPENT
 from consortia.common.device import select_device
 from consortia.common.errors import ConfigError, ConsortiaError, DataError
 from consortia.common.instructions import Instruction, get_task
@@ -52,41 +57,29 @@ from consortia.common.records import (
     ERROR_BAD_MESSAGE,
     ERROR_PRIVACY_BUDGET,
     ERROR_REFUSED,
+    ERROR_SECAGG,
     ERROR_SITE_DATA,
 )
-from consortia.common.settings import Role, SiteSettings, load_site_settings
+from consortia.common.secagg_config import SecAggError
+from consortia.common.settings import Role, SiteSettings
 from consortia.common.weights import WeightLayout
 
 __all__ = ["LayoutMismatchError", "app"]
 
 logger = logging.getLogger("consortia.client")
 
-app = ClientApp()
+# Outermost first: refuse unapproved runs before anything runs, sign what is returned.
+app = ClientApp(mods=[approval_mod, signing_mod])
+
+
+SECAGG_STAGES = {
+    rk.ACTION_SECAGG_KEYS: secagg_keys,
+    rk.ACTION_SECAGG_UNMASK: secagg_unmask,
+}
 
 
 class LayoutMismatchError(ConsortiaError):
     """The server's model is not the one this site builds from the same settings."""
-
-
-def _site_config_path(context: Context) -> Path:
-    """The site config: from the SuperNode's node config, or, under Flower's simulation
-    engine, the run's list of simulated sites indexed by the node's partition id."""
-    path = context.node_config.get(rk.NODE_CONFIG_SITE_CONFIG)
-    if isinstance(path, str) and path:
-        return Path(path)
-    partition = context.node_config.get(rk.NODE_CONFIG_PARTITION_ID)
-    listed = context.run_config.get(rk.RUN_CONFIG_SIMULATION_SITES)
-    if partition is not None and isinstance(listed, str) and listed:
-        sites = json.loads(listed)
-        index = int(partition)
-        if not 0 <= index < len(sites):
-            raise ConsortiaError(f"simulated node {index} has no site ({len(sites)} listed)")
-        return Path(sites[index])
-    raise ConsortiaError(f"node config has no '{rk.NODE_CONFIG_SITE_CONFIG}'")
-
-
-def _site(context: Context) -> SiteSettings:
-    return load_site_settings(_site_config_path(context))
 
 
 def _eval_splits(site: SiteSettings) -> tuple[str, ...]:
@@ -140,13 +133,18 @@ def _eval_records(content: RecordDict, result: EvalResult) -> None:
 def _guarded(handler_name: str, msg: Message, context: Context) -> Message:
     """Run a handler; data problems and malformed messages become clear error replies."""
     try:
-        site = _site(context)
+        site = site_settings(context)
         if handler_name == "query":
             return _query(msg, site)
+        if handler_name in SECAGG_STAGES:
+            return SECAGG_STAGES[handler_name](msg, context)
         instruction = Instruction.from_config(get_config_record(msg.content, rk.CONFIG_KEY))
         if handler_name == "train":
-            return _train(msg, site, instruction)
+            return _train(msg, context, site, instruction)
         return _evaluate_handler(msg, site, instruction)
+    except SecAggError as err:
+        logger.error("secure aggregation: %s", err)
+        return _refuse(msg, ERROR_SECAGG, f"secure aggregation: {err}")
     except (DataError, ConfigError) as err:
         logger.error("site data unusable: %s", err)
         return _refuse(msg, ERROR_SITE_DATA, "site data unusable for this task; see node log")
@@ -213,7 +211,38 @@ def _seed(instruction: Instruction, site: SiteSettings) -> int:
     ) % (2**31)
 
 
-def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Message:
+def _update(
+    msg: Message,
+    context: Context,
+    instruction: Instruction,
+    weights: np.ndarray,
+    num_examples: int,
+    content: RecordDict,
+) -> np.ndarray:
+    """What the site returns: its weights, or under secure aggregation its weighted
+    delta followed by its weight, masked (its encrypted shares go into `content`)."""
+    if not instruction.secure:
+        return weights
+    if instruction.weight_norm <= 0:
+        raise RecordFieldError(f"'{rk.CFG_WEIGHT_NORM}' must be positive")
+    global_weights = get_array(get_array_record(msg.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY)
+    weight = num_examples / instruction.weight_norm
+    vector = np.empty(weights.size + 1, dtype=np.float32)
+    vector[:-1] = (weights.astype(np.float64) - global_weights) * weight
+    vector[-1] = weight
+    masked, shares, clipped = mask_update(msg, context, instruction.round, vector)
+    content[rk.SECAGG_KEY] = shares
+    if clipped:
+        # Kept local: a per-site count would tell the server something about the update.
+        logger.warning(
+            "round %d: %d update values clipped to the secure-aggregation range",
+            instruction.round,
+            clipped,
+        )
+    return masked
+
+
+def _train(msg: Message, context: Context, site: SiteSettings, instruction: Instruction) -> Message:
     if site.site.role is not Role.TRAIN:
         return _refuse(msg, ERROR_REFUSED, f"site {site.site.name} is a held-out site")
     started = time.perf_counter()
@@ -270,6 +299,18 @@ def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Messag
             )
             entry = record_round(ledger, path, request, spend, result.num_examples)
             content[rk.PRIVACY_KEY] = _privacy_record(spend, entry.run_epsilon)
+            node_audit_for(site).append(
+                PRIVACY_SPENT,
+                flower_run=msg.metadata.run_id,
+                round=instruction.round,
+                dataset_fingerprint=fingerprint,
+                epsilon=spend.epsilon,
+                delta=spend.delta,
+                run_epsilon=entry.run_epsilon,
+                noise_multiplier=spend.noise_multiplier,
+                sample_rate=spend.sample_rate,
+                steps=spend.steps,
+            )
             logger.info(
                 "round %d: DP-SGD sigma %.3f, q %.4f, %d steps; data set epsilon now %.3f "
                 "(delta %g, limit %g), this run %.3f",
@@ -294,7 +335,8 @@ def _train(msg: Message, site: SiteSettings, instruction: Instruction) -> Messag
         result.mean_loss,
     )
     weights = layout.flatten(model.cpu().state_dict())
-    content[rk.ARRAYS_KEY] = ArrayRecord({rk.WEIGHTS_ARRAY: Array(weights)})
+    update = _update(msg, context, instruction, weights, result.num_examples, content)
+    content[rk.ARRAYS_KEY] = ArrayRecord({rk.WEIGHTS_ARRAY: Array(update)})
     content[rk.TRAIN_METRICS_KEY] = MetricRecord(
         {
             rk.M_NUM_EXAMPLES: result.num_examples,
@@ -332,6 +374,18 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the incoming global model (if asked), then train it on local data."""
     return _guarded("train", msg, context)
+
+
+@app.train(rk.ACTION_SECAGG_KEYS)
+def secagg_keys_stage(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 1: this round's public keys."""
+    return _guarded(rk.ACTION_SECAGG_KEYS, msg, context)
+
+
+@app.train(rk.ACTION_SECAGG_UNMASK)
+def secagg_unmask_stage(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 4: shares that remove the masks of the sum."""
+    return _guarded(rk.ACTION_SECAGG_UNMASK, msg, context)
 
 
 @app.evaluate()

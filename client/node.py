@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from flwr.supercore.exit.exit_code import ExitCode
+
 from consortia.common import records as rk
 from consortia.common.processes import ManagedProcess, ProcessGroup, process_env, wait_for_port
 from consortia.common.settings import SiteSettings
@@ -14,6 +16,16 @@ from consortia.common.settings import SiteSettings
 __all__ = ["default_state_dir", "start_node_processes", "supernode_args"]
 
 logger = logging.getLogger("consortia.client.node")
+
+# Flower's exit codes (flwr.common.exit.ExitCode) that a hospital's IT team meets.
+SUPERNODE_EXIT_HINTS = {
+    ExitCode.SUPERNODE_CONNECTION_ERROR: "the server did not accept this node: most often "
+    "its key is not registered there (the coordinator runs `consortia site register "
+    "SITE.pub`), or node.key is not the registered key's private half; the server's "
+    "log names the refused key",
+    ExitCode.SUPERNODE_NODE_AUTH_KEY_INVALID: "node.key cannot be read as the site's EC "
+    "private key in OpenSSH format (consortia certs site NAME)",
+}
 
 
 def default_state_dir(site: SiteSettings) -> Path:
@@ -38,6 +50,13 @@ def supernode_args(site: SiteSettings, site_config: Path, runtime_port: int) -> 
     ]
     if site.node.insecure:
         args.append("--insecure")
+    else:
+        args += [
+            "--root-certificates",
+            str(site.node.root_certificates),
+            "--auth-supernode-private-key",
+            str(site.node.key),
+        ]
     return args
 
 
@@ -64,6 +83,7 @@ def start_node_processes(
             supernode_args(site, site_config, port),
             log_dir / "supernode.log",
             env=env,
+            exit_hints=SUPERNODE_EXIT_HINTS,
         )
     )
     wait_for_port("127.0.0.1", port, startup_timeout_s, supernode)
@@ -77,8 +97,9 @@ def start_node_processes(
         "--runtime-api-address",
         f"127.0.0.1:{port}",
     ]
-    if site.node.insecure:
-        executor_args.append("--insecure")
+    # The executor talks to its own SuperNode on 127.0.0.1 only (Flower's local,
+    # plain-HTTP ClientAppIo API); the SuperNode holds the TLS link to the server.
+    executor_args.append("--insecure")
     group.start(
         ManagedProcess(
             f"executor {site.site.name}", executor_args, log_dir / "executor.log", env=env

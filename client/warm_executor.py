@@ -33,7 +33,9 @@ logger = logging.getLogger("consortia.client.executor")
 
 NUM_THREADS_ENV = "CONSORTIA_NUM_THREADS"
 DEFAULT_PRELOAD = ("torch", "monai", "consortia.client.client_app")
-DEFAULT_PREWARM = ("consortia.client.trainer:prewarm",)
+# The app hash is computed once per node process: every task checks the run's approval
+# against the code that was loaded, not files that changed on disk since.
+DEFAULT_PREWARM = ("consortia.client.trainer:prewarm", "consortia.common.run_identity:app_hash")
 
 
 class WarmExecutor:

@@ -54,6 +54,12 @@ class Instruction:
     total_rounds: int = 1
     dataset: str = ""
     privacy: SamplePrivacySettings = field(default_factory=SamplePrivacySettings)
+    # The code the server runs (the site refuses a run whose code it has not approved).
+    app_hash: str = ""
+    # Secure aggregation this round: the site returns its weighted delta, masked.
+    secure: bool = False
+    # Sites weigh their update by examples / weight_norm (secure aggregation only).
+    weight_norm: float = 0.0
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord(
@@ -73,6 +79,9 @@ class Instruction:
                 rk.CFG_TOTAL_ROUNDS: self.total_rounds,
                 rk.CFG_DATASET: self.dataset,
                 rk.CFG_PRIVACY_SETTINGS: self.privacy.model_dump_json(),
+                rk.CFG_APP_HASH: self.app_hash,
+                rk.CFG_SECURE: self.secure,
+                rk.CFG_WEIGHT_NORM: self.weight_norm,
             }
         )
 
@@ -106,4 +115,7 @@ class Instruction:
             total_rounds=get_int(config, rk.CFG_TOTAL_ROUNDS),
             dataset=get_str(config, rk.CFG_DATASET),
             privacy=privacy,
+            app_hash=get_str(config, rk.CFG_APP_HASH),
+            secure=get_bool(config, rk.CFG_SECURE),
+            weight_norm=get_float(config, rk.CFG_WEIGHT_NORM),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 from rich.logging import RichHandler
 
 __all__ = ["UTCFormatter", "add_file_handler", "setup_logging", "utc_now"]
+
+
+_CONSOLE_MARK = "_consortia_console"
 
 
 class UTCFormatter(logging.Formatter):
@@ -24,12 +28,24 @@ class UTCFormatter(logging.Formatter):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Configure the `consortia` logger once: rich console output on stderr."""
+    """Configure the `consortia` logger once: rich output on a terminal (sharing rich's
+    console, so live progress displays and log lines do not garble each other), plain UTC
+    lines on stderr otherwise (a service's journal, a log file, a test), never wrapped."""
     logger = logging.getLogger("consortia")
     logger.setLevel(level)
-    if not any(isinstance(h, RichHandler) for h in logger.handlers):
-        handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="%X")
-        handler.setFormatter(logging.Formatter("%(message)s"))
+    if not any(getattr(h, _CONSOLE_MARK, False) for h in logger.handlers):
+        handler: logging.Handler
+        if sys.stdout.isatty():
+            handler = RichHandler(
+                show_path=False,
+                rich_tracebacks=False,
+                log_time_format="%X",
+            )
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(UTCFormatter())
+        setattr(handler, _CONSOLE_MARK, True)
         logger.addHandler(handler)
     logger.propagate = False
     # pydicom warns about invalid elements with their values: keep that off the logs.

@@ -112,6 +112,8 @@ class ManagedProcess:
     log_path: Path
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
+    # What an exit code means, for the person at the console (e.g. Flower's exit codes).
+    exit_hints: Mapping[int, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -137,8 +139,11 @@ class ManagedProcess:
         if self.popen is None or self.popen.poll() is None:
             return
         tail = self.log_tail()
+        code = self.popen.returncode
+        hint = self.exit_hints.get(code)
         raise ConsortiaError(
-            f"{self.name} exited with code {self.popen.returncode}; log {self.log_path}:\n{tail}"
+            (f"{self.name}: {hint}\n" if hint else "")
+            + f"{self.name} exited with code {code}; log {self.log_path}:\n{tail}"
         )
 
     def log_tail(self, lines: int = 15) -> str:

@@ -9,26 +9,36 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ACTION_SECAGG_KEYS",
+    "ACTION_SECAGG_UNMASK",
     "ARRAYS_KEY",
+    "CFG_APP_HASH",
     "CFG_BATCH_SIZE",
+    "CFG_CONFIG_HASH",
     "CFG_DATASET",
     "CFG_EVALUATE_FIRST",
     "CFG_LAYOUT_FINGERPRINT",
     "CFG_LEARNING_RATE",
     "CFG_LOCAL_EPOCHS",
     "CFG_MODEL_SETTINGS",
+    "CFG_NONCE",
     "CFG_PRIVACY_SETTINGS",
     "CFG_ROUND",
     "CFG_RUN_ID",
     "CFG_RUN_NAME",
+    "CFG_SECURE",
     "CFG_SEED",
     "CFG_SURFACE_METRICS",
     "CFG_TASK",
     "CFG_TOTAL_ROUNDS",
+    "CFG_WEIGHT_NORM",
     "CONFIG_KEY",
     "ERROR_BAD_MESSAGE",
+    "ERROR_BAD_SIGNATURE",
+    "ERROR_NOT_APPROVED",
     "ERROR_PRIVACY_BUDGET",
     "ERROR_REFUSED",
+    "ERROR_SECAGG",
     "ERROR_SITE_DATA",
     "EVAL_HIST_KEY",
     "EVAL_METRICS_KEY",
@@ -37,6 +47,9 @@ __all__ = [
     "M_EVAL_S",
     "M_NUM_EXAMPLES",
     "M_TRAIN_LOSS",
+    "NODE_AUDIT_HEAD",
+    "NODE_AUDIT_KEY",
+    "NODE_AUDIT_SEQ",
     "NODE_CONFIG_PARTITION_ID",
     "NODE_CONFIG_SITE_CONFIG",
     "PRIVACY_KEY",
@@ -51,6 +64,18 @@ __all__ = [
     "RUN_CONFIG_RUN_NAME",
     "RUN_CONFIG_SETTINGS",
     "RUN_CONFIG_SIMULATION_SITES",
+    "SECAGG_CONFIG_KEY",
+    "SECAGG_KEY",
+    "SECAGG_PEERS_KEY",
+    "SECAGG_ROUND_KEY",
+    "SECAGG_STATE_KEY",
+    "SIGNATURE_KEY",
+    "SIG_DIGEST",
+    "SIG_KIND",
+    "SIG_NONCE",
+    "SIG_ROUND",
+    "SIG_SIGNATURE",
+    "SIG_SITE",
     "SITE_DATA_FINGERPRINT",
     "SITE_DELTA",
     "SITE_EPSILON_SPENT",
@@ -134,3 +159,37 @@ ERROR_SITE_DATA: Final = 4101
 ERROR_REFUSED: Final = 4102
 ERROR_BAD_MESSAGE: Final = 4103
 ERROR_PRIVACY_BUDGET: Final = 4104
+ERROR_NOT_APPROVED: Final = 4105
+ERROR_BAD_SIGNATURE: Final = 4106
+ERROR_SECAGG: Final = 4107
+
+# Signed replies: every reply of a site carries a signature record over its content.
+CFG_NONCE: Final = "nonce"
+SIGNATURE_KEY: Final = "signature"
+SIG_SITE: Final = "site"
+SIG_KIND: Final = "kind"
+SIG_ROUND: Final = "round"
+SIG_NONCE: Final = "nonce"
+SIG_DIGEST: Final = "digest"
+SIG_SIGNATURE: Final = "signature"
+
+# Run approval: what the server says it runs (the site checks its own approval list).
+CFG_CONFIG_HASH: Final = "config-hash"
+CFG_APP_HASH: Final = "app-hash"
+
+# Secure aggregation (SecAgg+): message actions, records and keys.
+ACTION_SECAGG_KEYS: Final = "secagg_keys"
+ACTION_SECAGG_UNMASK: Final = "secagg_unmask"
+SECAGG_CONFIG_KEY: Final = "secagg-config"
+SECAGG_KEY: Final = "secagg"
+SECAGG_STATE_KEY: Final = "secagg-state"
+SECAGG_PEERS_KEY: Final = "secagg-peers"
+SECAGG_ROUND_KEY: Final = "secagg-round"
+CFG_SECURE: Final = "secure-aggregation"
+CFG_WEIGHT_NORM: Final = "weight-norm"
+
+# The head of the node's own audit log, in every signed reply (anchors the node's log in
+# the run's signed provenance).
+NODE_AUDIT_KEY: Final = "node-audit"
+NODE_AUDIT_HEAD: Final = "head"
+NODE_AUDIT_SEQ: Final = "seq"

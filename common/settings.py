@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from consortia.common.errors import ConfigError
 from consortia.common.models import ModelSettings
@@ -23,6 +23,7 @@ from consortia.common.privacy_settings import (
     PrivacyPolicy,
     SamplePrivacySettings,
 )
+from consortia.common.security_settings import SecureAggregationSettings
 
 __all__ = [
     "DataSettings",
@@ -112,6 +113,24 @@ class RunSettings(_Strict):
     training: TrainingSettings = TrainingSettings()
     privacy: SamplePrivacySettings = SamplePrivacySettings()
     central_privacy: CentralPrivacySettings = CentralPrivacySettings()
+    secure_aggregation: SecureAggregationSettings = SecureAggregationSettings()
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits(self) -> RunSettings:
+        if self.central_privacy.enabled and self.secure_aggregation.mode == "on":
+            raise ValueError(
+                'secure_aggregation.mode = "on" cannot combine with central_privacy: the '
+                "server must clip each site's update, which secure aggregation hides from it "
+                '(use sample-level DP at the sites, or set secure_aggregation.mode = "off")'
+            )
+        return self
+
+    def secure_aggregation_for(self, training_sites: int) -> bool:
+        """Whether rounds with this many training sites aggregate securely (\"auto\"
+        stays off under central privacy, which needs each site's update)."""
+        if self.central_privacy.enabled:
+            return False
+        return self.secure_aggregation.active_for(training_sites)
 
     @field_validator("model")
     @classmethod
@@ -148,15 +167,37 @@ class DataSettings(_Strict):
 
 
 class NodeSettings(_Strict):
-    """The `[node]` table: how the node reaches the SuperLink."""
+    """The `[node]` table: how the node reaches the SuperLink.
+
+    By default the node speaks TLS, trusting only the consortium CA (`root_certificates`),
+    and authenticates with the site's private key (`key`, from `consortia certs site`),
+    which also signs every update. `insecure = true` is for local experiments only."""
 
     superlink: str = "127.0.0.1:9092"
-    insecure: bool = True
+    insecure: bool = False
+    root_certificates: Path | None = None
+    key: Path | None = None
     runtime_port: Annotated[int, Field(ge=1024, le=65535)] = 9094
     state_dir: Path | None = None
     # "warm": our long-lived executor forks a pre-imported process per task (fast);
     # "subprocess": Flower's stock isolation, a fresh `flwr-clientapp` per message.
     executor: Literal["warm", "subprocess"] = "warm"
+
+    def check_connection_files(self, source: str) -> None:
+        """Raise unless TLS and site authentication are configured (checked when the
+        node starts: simulated sites and `consortia data` never connect)."""
+        if self.insecure:
+            return
+        if self.root_certificates is None:
+            raise ConfigError(
+                f"{source}: node.root_certificates: the consortium CA certificate (ca.pem) is "
+                "required for TLS (insecure = true only for local experiments)"
+            )
+        if self.key is None:
+            raise ConfigError(
+                f"{source}: node.key: the site's private key (consortia certs site NAME) is "
+                "required to authenticate with the server and sign updates"
+            )
 
     @field_validator("superlink")
     @classmethod
@@ -273,13 +314,27 @@ def load_site_settings(path: Path) -> SiteSettings:
     datasets = {
         name: resolved(data, f"datasets.{name}") for name, data in settings.datasets.items()
     }
-    state_dir = settings.node.state_dir
-    if state_dir is not None and not state_dir.is_absolute():
-        state_dir = (path.parent / state_dir).resolve()
+
+    def relative(value: Path | None) -> Path | None:
+        if value is None or value.is_absolute():
+            return value
+        return (path.parent / value).resolve()
+
+    node = settings.node
+    for field in ("root_certificates", "key"):
+        file = relative(getattr(node, field))
+        if file is not None and not file.is_file():
+            raise ConfigError(f"{path}: node.{field}: file not found: {file}")
     return settings.model_copy(
         update={
             "data": resolved(settings.data, "data"),
             "datasets": datasets,
-            "node": settings.node.model_copy(update={"state_dir": state_dir}),
+            "node": node.model_copy(
+                update={
+                    "state_dir": relative(node.state_dir),
+                    "root_certificates": relative(node.root_certificates),
+                    "key": relative(node.key),
+                }
+            ),
         }
     )

@@ -1,7 +1,14 @@
-"""The auditor's commands: `consortia audit privacy RUN_DIR [--ledger FILE ...] [--json]`.
+"""The auditor's commands:
 
-Exit status: 0 when nothing is flagged, 1 when something is, 2 when the input is unusable
-(no run folder, a malformed `results.json`). docs/auditing.md explains the output.
+- `consortia audit privacy RUN_DIR [--ledger FILE ...] [--json]`
+- `consortia audit verify PATH [--ca CA.pem] [--site-key NAME=PUB.pub ...] [--provenance FILE]
+  [--json]`
+- `consortia audit countersign RUN_DIR/provenance.json --site-key SITE.key --site NAME
+  [--ca CA.pem] [--audit-log NODE_STATE_DIR/audit.jsonl]`
+
+Exit status: 0 when nothing is flagged, 1 when something is (or a countersignature is
+refused), 2 when the input is unusable (no such path, a malformed `results.json`, a key
+that cannot be loaded). docs/auditing.md explains the output.
 """
 
 from __future__ import annotations
@@ -17,14 +24,37 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from consortia.common.audit_log import PROVENANCE_COUNTERSIGNED, AuditLog, node_log_label
 from consortia.common.errors import ConsortiaError
+from consortia.common.provenance import (
+    ProvenanceError,
+    countersign,
+    provenance_sha256,
+    read_provenance,
+    write_provenance,
+)
+from consortia.server.audit_verify import (
+    VerifyReport,
+    load_ca_certificate,
+    load_site_private_key,
+    parse_site_keys,
+    verify_path,
+)
 from consortia.server.privacy_audit import PrivacyAudit, SiteAudit, audit_privacy
 from consortia.server.privacy_recompute import VALUE_DISCRETIZATION_INTERVAL, Recomputed
 
-__all__ = ["audit_app", "privacy_command", "render_audit"]
+__all__ = [
+    "audit_app",
+    "countersign_command",
+    "privacy_command",
+    "render_audit",
+    "render_verify",
+    "verify_command",
+]
 
 audit_app = typer.Typer(
-    help="Check a run's records: privacy spent per site, recomputed independently.",
+    help="Check a run's records: privacy spent per site, recomputed independently; "
+    "audit logs and signed provenance unaltered.",
     no_args_is_help=True,
 )
 
@@ -228,3 +258,126 @@ def privacy_command(
         render_audit(audit, Console())
     if not audit.clean:
         raise typer.Exit(1)
+
+
+_VERIFY_PATH_HELP = (
+    "An audit log (.jsonl), a run folder (audit.jsonl, provenance.json, checkpoints) or a "
+    "node state folder (audit.jsonl)."
+)
+_CA_HELP = "The consortium CA certificate (PEM): check that the server's certificate is from it."
+_SITE_KEY_HELP = (
+    "NAME=PUBLIC_KEY_FILE: a site's registered public key (OpenSSH); its countersignature "
+    "must use it. Repeat for each site."
+)
+_PROVENANCE_HELP = (
+    "A signed provenance.json to check the log against (a run folder uses its own): the "
+    "server log must end at its recorded head, a node's log must contain the head the "
+    "server recorded for that node."
+)
+
+
+def render_verify(report: VerifyReport, console: Console) -> None:
+    """The verdict, what was checked, each problem and each note."""
+    console.print(f"[bold]Audit verification of {report.kind}[/] {escape(str(report.path))}")
+    log = report.log
+    if log is not None:
+        console.print(
+            f"  audit log {escape(log.path.name)}: {len(log.records)} record(s), label "
+            f"{escape(str(log.label))}, head {str(log.head)[:16]}…",
+            highlight=False,
+        )
+    if report.provenance_file is not None:
+        signers = ", ".join(report.signers) or "nobody"
+        console.print(
+            f"  {escape(report.provenance_file.name)}: signed by {escape(signers)}",
+            highlight=False,
+        )
+    if report.ok:
+        console.print("[bold green]INTACT[/]: no sign of alteration found.")
+    else:
+        console.print(f"[bold red]ALTERED OR DAMAGED[/]: {len(report.problems)} problem(s):")
+        for problem in report.problems:
+            console.print(f"  [red]✗[/] {escape(problem)}", highlight=False)
+    for note in report.notes:
+        console.print(f"  [yellow]note[/]: {escape(note)}", highlight=False)
+
+
+@audit_app.command("verify")
+def verify_command(
+    path: Annotated[Path, typer.Argument(help=_VERIFY_PATH_HELP)],
+    ca: Annotated[Path | None, typer.Option("--ca", help=_CA_HELP)] = None,
+    site_key: Annotated[list[str] | None, typer.Option("--site-key", help=_SITE_KEY_HELP)] = None,
+    provenance: Annotated[Path | None, typer.Option("--provenance", help=_PROVENANCE_HELP)] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document instead.")
+    ] = False,
+) -> None:
+    """Check that an audit log, and a run's signed provenance, were not altered.
+
+    Exit status 0: intact; 1: problems found (listed); 2: unreadable input. See
+    docs/auditing.md for what is detected and what is not."""
+    try:
+        ca_cert = None if ca is None else load_ca_certificate(ca)
+        site_keys = parse_site_keys(site_key) if site_key else None
+        report = verify_path(path, ca_cert=ca_cert, site_keys=site_keys, provenance_path=provenance)
+    except ConsortiaError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if json_output:
+        typer.echo(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+    else:
+        render_verify(report, Console())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+_NODE_LOG_HELP = (
+    "The node's audit log (<node state dir>/audit.jsonl): record the countersignature "
+    "in it (event provenance_countersigned)."
+)
+
+
+@audit_app.command("countersign")
+def countersign_command(
+    provenance_file: Annotated[
+        Path, typer.Argument(help="The run's provenance.json (rewritten in place).")
+    ],
+    site_key: Annotated[
+        Path, typer.Option("--site-key", help="The site's private key (OpenSSH, unencrypted).")
+    ],
+    site: Annotated[str, typer.Option("--site", help="The site's name in the run.")],
+    ca: Annotated[Path | None, typer.Option("--ca", help=_CA_HELP)] = None,
+    node_log: Annotated[Path | None, typer.Option("--audit-log", help=_NODE_LOG_HELP)] = None,
+) -> None:
+    """Add this site's countersignature to a run's signed provenance.
+
+    The server signature is verified first (against the CA with --ca); a document that
+    does not verify, or that this site already countersigned, is refused (exit 1)."""
+    try:
+        document = read_provenance(provenance_file)
+        key = load_site_private_key(site_key)
+        ca_cert = None if ca is None else load_ca_certificate(ca)
+        log = None if node_log is None else AuditLog.open(node_log, node_log_label(site))
+    except ConsortiaError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        signed = countersign(document, site, key, ca_cert=ca_cert)
+    except ProvenanceError as err:
+        typer.echo(f"refused: {provenance_file}: {err}", err=True)
+        raise typer.Exit(1) from None
+    write_provenance(provenance_file, signed)
+    if log is not None:
+        log.append(
+            PROVENANCE_COUNTERSIGNED,
+            run_id=signed["provenance"]["run_id"],
+            provenance_sha256=provenance_sha256(signed),
+            server_audit_head=signed["provenance"]["audit_log"]["head"],
+        )
+    if ca_cert is None:
+        typer.echo(
+            "note: the server signature was checked, but not who made it (pass --ca CA.pem)",
+            err=True,
+        )
+    signers = ", ".join(str(entry["signer"]) for entry in signed["signatures"])
+    typer.echo(f"{provenance_file}: countersigned by site {site} (signatures: {signers})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +14,17 @@ from rich.console import Console
 from consortia.common.processes import ProcessGroup, stop_on_sigterm
 from consortia.common.settings import Task, load_run_settings
 from consortia.server.audit_cli import audit_app
+from consortia.server.certs_cli import certs_app
 from consortia.server.demo import DemoOptions, run_demo
 from consortia.server.progress import watch_run
+from consortia.server.server_security import (
+    CA_FILE,
+    DEFAULT_SERVER_CERTS,
+    ServerSecurity,
+    registry_dir,
+)
 from consortia.server.simulation import run_simulation
+from consortia.server.site_cli import site_app
 from consortia.server.submit import (
     SuperLinkConnection,
     stop_run,
@@ -31,9 +40,11 @@ server_app = typer.Typer(
     help="Run the coordinator's server (a Flower SuperLink).", no_args_is_help=True
 )
 console = Console()
+logger = logging.getLogger("consortia.server")
 
 
-_INSECURE_HELP = "Plain HTTP between sites and server (until the PKI is set up)."
+_INSECURE_HELP = "Plain HTTP, no site authentication, no signature checks: local experiments only."
+_DEFAULT_STATE = Path.home() / ".consortia" / "server"
 
 
 @server_app.command("start")
@@ -47,14 +58,24 @@ def server_start(
         typer.Option(help="SuperLink database, Flower home, logs [~/.consortia/server]."),
     ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are written.")] = Path("runs"),
-    insecure: Annotated[bool, typer.Option(help=_INSECURE_HELP)] = True,
+    certs: Annotated[
+        Path,
+        typer.Option(help="Folder with ca.pem, server.pem, server.key (consortia certs server)."),
+    ] = DEFAULT_SERVER_CERTS,
+    insecure: Annotated[bool, typer.Option("--insecure", help=_INSECURE_HELP)] = False,
 ) -> None:
-    """Start the SuperLink; runs until Ctrl-C."""
+    """Start the SuperLink (TLS, registered sites only); runs until Ctrl-C."""
     stop_on_sigterm()
-    state = state_dir or Path.home() / ".consortia" / "server"
+    state = state_dir or _DEFAULT_STATE
+    security = None if insecure else ServerSecurity(certs, registry_dir(state)).check()
+    if security is None:
+        logger.warning("server started with --insecure: no TLS, no site authentication")
     with ProcessGroup() as group:
-        start_superlink(group, state, runs_dir, host=host, port=port, insecure=insecure)
-        console.print(f"SuperLink listening on {host}:{port}; run folders in {runs_dir.resolve()}")
+        start_superlink(group, state, runs_dir, host=host, port=port, security=security)
+        mode = "plain HTTP (--insecure)" if security is None else "TLS, registered sites only"
+        console.print(
+            f"SuperLink listening on {host}:{port} ({mode}); run folders in {runs_dir.resolve()}"
+        )
         try:
             while True:
                 group.check_alive()
@@ -73,7 +94,10 @@ def run_command(
         typer.Option(help="The server's runs folder, if visible from here: live progress table."),
     ] = None,
     wait: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = True,
-    insecure: Annotated[bool, typer.Option(help=_INSECURE_HELP)] = True,
+    ca: Annotated[
+        Path, typer.Option(help="The consortium CA certificate, to verify the server.")
+    ] = DEFAULT_SERVER_CERTS / CA_FILE,
+    insecure: Annotated[bool, typer.Option("--insecure", help=_INSECURE_HELP)] = False,
     simulation: Annotated[
         Path | None,
         typer.Option(
@@ -91,7 +115,7 @@ def run_command(
         run_simulation(settings, run_name, simulation, runs_dir or Path("runs"), work, console)
         return
     app_dir = write_app_dir(work / "app", settings, run_name)
-    connection = SuperLinkConnection(superlink, work / "flwr", insecure=insecure)
+    connection = SuperLinkConnection.of(superlink, work / "flwr", None if insecure else ca)
     run_id = submit_run(app_dir, connection)
     console.print(f"Submitted run [bold]{run_name}[/] (Flower run {run_id}) to {superlink}.")
     if not wait:
@@ -127,6 +151,10 @@ def demo_command(
     epsilon: Annotated[
         float, typer.Option(min=0.1, help="Target epsilon per site for the run (with DP).")
     ] = 8.0,
+    secure_aggregation: Annotated[
+        bool,
+        typer.Option(help="SecAgg+ from 3 training sites (--no-secure-aggregation: plain sums)."),
+    ] = True,
 ) -> None:
     """A whole federation on this machine on synthetic data (SuperLink + SuperNodes)."""
     stop_on_sigterm()
@@ -144,6 +172,7 @@ def demo_command(
         batch_size=batch_size,
         dp=dp,
         target_epsilon=epsilon,
+        secure_aggregation=secure_aggregation,
     )
     run_demo(options, console)
 
@@ -154,3 +183,5 @@ def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
     app.command("demo")(demo_command)
     app.add_typer(audit_app, name="audit")
+    app.add_typer(site_app, name="site")
+    app.add_typer(certs_app, name="certs")

@@ -20,10 +20,18 @@ from consortia.common.demo_data import DemoDataSettings, write_site_npz
 from consortia.common.errors import ConsortiaError
 from consortia.common.privacy_settings import SamplePrivacySettings
 from consortia.common.processes import ManagedProcess, ProcessGroup, free_port, process_env
-from consortia.common.settings import ModelConfig, RunSettings, Task, TrainingSettings
+from consortia.common.security_settings import SecureAggregationSettings
+from consortia.common.settings import (
+    ModelConfig,
+    RunSettings,
+    Task,
+    TrainingSettings,
+    load_site_settings,
+)
+from consortia.server.local_consortium import LocalConsortium, SiteKeys
 from consortia.server.progress import watch_run
 from consortia.server.run_folder import RESULTS_FILE
-from consortia.server.submit import SuperLinkConnection, submit_run, write_app_dir
+from consortia.server.submit import submit_run, write_app_dir
 from consortia.server.superlink import start_superlink
 
 __all__ = ["DemoOptions", "demo_run_settings", "run_demo"]
@@ -48,6 +56,7 @@ class DemoOptions:
     batch_size: int = 64
     dp: bool = True
     target_epsilon: float = 8.0
+    secure_aggregation: bool = True
     image_size: int = 64
     seed: int = 0
     timeout_s: float = 1800.0
@@ -90,10 +99,15 @@ def demo_run_settings(options: DemoOptions, run_name: str) -> RunSettings:
         privacy=SamplePrivacySettings(
             enabled=options.dp, target_epsilon=options.target_epsilon, max_grad_norm=1.0
         ),
+        secure_aggregation=SecureAggregationSettings(
+            mode="auto" if options.secure_aggregation else "off"
+        ),
     )
 
 
-def _write_sites(workspace: Path, options: DemoOptions, superlink: str) -> list[Path]:
+def _write_sites(
+    workspace: Path, options: DemoOptions, superlink: str, consortium: LocalConsortium
+) -> list[tuple[Path, SiteKeys]]:
     data_settings = DemoDataSettings(
         image_size=options.image_size,
         train_cases=options.train_cases,
@@ -107,6 +121,7 @@ def _write_sites(workspace: Path, options: DemoOptions, superlink: str) -> list[
         site_dir = workspace / "sites" / name
         site_dir.mkdir(parents=True)
         write_site_npz(site_dir / "data.npz", index, data_settings)
+        keys = consortium.site_keys(name, site_dir / "keys")
         config = site_dir / "site.toml"
         config.write_text(
             "\n".join(
@@ -121,7 +136,8 @@ def _write_sites(workspace: Path, options: DemoOptions, superlink: str) -> list[
                     "",
                     "[node]",
                     f'superlink = "{superlink}"',
-                    "insecure = true",
+                    f'root_certificates = "{consortium.ca_certificate}"',
+                    f'key = "{keys.private_key}"',
                     f'executor = "{options.executor}"',
                     f'state_dir = "{site_dir / "node"}"',
                     "",
@@ -134,7 +150,7 @@ def _write_sites(workspace: Path, options: DemoOptions, superlink: str) -> list[
             ),
             encoding="utf-8",
         )
-        configs.append(config)
+        configs.append((config, keys))
     return configs
 
 
@@ -186,13 +202,29 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
     )
     port = free_port()
     superlink = f"127.0.0.1:{port}"
-    configs = _write_sites(workspace, options, superlink)
+    consortium = LocalConsortium.create(workspace / "pki", workspace / "superlink")
+    configs = _write_sites(workspace, options, superlink, consortium)
     threads = max(1, (os.cpu_count() or 2) // trainers)
-    connection = SuperLinkConnection(superlink, workspace / "flwr-cli")
+    connection = consortium.connection(superlink, workspace / "flwr-cli")
     with ProcessGroup() as group:
         try:
-            start_superlink(group, workspace / "superlink", output, port=port)
-            for config in configs:
+            start_superlink(
+                group,
+                workspace / "superlink",
+                output,
+                port=port,
+                security=consortium.security,
+            )
+            for config, keys in configs:
+                consortium.register(keys, superlink)
+                consortium.approve(load_site_settings(config), settings, by="consortia demo")
+            console.print(
+                f"Security: TLS with a demo CA, {options.sites} registered site keys, signed "
+                "updates, runs approved at every site"
+                + (", secure aggregation" if settings.secure_aggregation_for(trainers) else "")
+                + f" (keys in {workspace / 'pki'})."
+            )
+            for config, _ in configs:
                 group.start(_node_process(config, threads))
             app_dir = write_app_dir(workspace / "app", settings, run_name)
             run_id = submit_run(app_dir, connection)

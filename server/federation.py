@@ -15,13 +15,19 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from consortia.common import records as rk
+from consortia.common.audit_log import (
+    AGGREGATED,
+    GLOBAL_MODEL,
+    PRIVACY_SPENT,
+    SITE_JOINED,
+    SITE_REFUSED,
+)
 from consortia.common.errors import ConsortiaError
 from consortia.common.instructions import Instruction
 from consortia.common.models import build_model
@@ -32,16 +38,20 @@ from consortia.common.record_fields import (
     metric_lists,
 )
 from consortia.common.records import ERROR_PRIVACY_BUDGET
+from consortia.common.run_identity import RunIdentity
+from consortia.common.secagg_config import SecAggError
 from consortia.common.settings import Role, RunSettings
 from consortia.common.weights import WeightLayout
 from consortia.server.aggregation import UpdateShapeError, weighted_average
 from consortia.server.central_privacy import CentralPrivacy
 from consortia.server.evaluation import pooled_metrics, site_metrics
-from consortia.server.messaging import exchange
+from consortia.server.reply_verifier import ReplyVerifier, signer_of
 from consortia.server.run_folder import RunFolder
 from consortia.server.run_privacy import RunPrivacy
+from consortia.server.secure_round import SecureAggregator, secure_average
 from consortia.server.sites import Site, site_from_reply
-from consortia.server.updates import accept_update
+from consortia.server.updates import AcceptedUpdate, accept_update
+from consortia.server.verified_exchange import VerifiedExchange
 
 __all__ = ["Federation", "FederationError", "Site"]
 
@@ -65,12 +75,17 @@ class Federation:
         settings: RunSettings,
         folder: RunFolder,
         *,
+        verifier: ReplyVerifier | None = None,
+        identity: RunIdentity | None = None,
         poll_interval_s: float = 0.05,
     ) -> None:
         self.grid = grid
         self.settings = settings
         self.folder = folder
-        self.poll_interval_s = poll_interval_s
+        self.identity = identity or RunIdentity.of(settings)
+        self.channel = VerifiedExchange(
+            grid, folder, verifier or ReplyVerifier(None, 0), poll_interval_s=poll_interval_s
+        )
         self.sites: dict[int, Site] = {}
         self.model_settings = settings.model.to_model_settings()
         model = build_model(self.model_settings)
@@ -79,6 +94,14 @@ class Federation:
         self.initial_weights = self.layout.flatten(model.state_dict())
         self.privacy = RunPrivacy(settings)
         self.central: CentralPrivacy | None = None
+        self.secure: SecureAggregator | None = None
+        if settings.secure_aggregation.mode != "off":
+            stage_timeout = settings.secure_aggregation.stage_timeout_s
+            self.secure = SecureAggregator(
+                settings.secure_aggregation,
+                self.layout.size + 1,
+                lambda messages: self.exchange(messages, stage_timeout),
+            )
         self.ended_early: str | None = None
 
     # -- messaging -------------------------------------------------------------------------
@@ -89,16 +112,13 @@ class Federation:
         timeout_s: float,
         on_reply: Callable[[int, Message], None] | None = None,
     ) -> dict[int, Message]:
-        """Push `messages`, pull replies as they arrive until all came or `timeout_s`."""
-        return exchange(
-            self.grid,
-            messages,
-            timeout_s,
-            poll_interval_s=self.poll_interval_s,
-            on_reply=on_reply,
-        )
+        """Push `messages`, pull replies as they arrive until all came or `timeout_s`;
+        replies whose signatures fail are dropped (reasons in `self.channel.rejected`)."""
+        return self.channel(messages, timeout_s, on_reply)
 
-    def _instruction(self, round_number: int, *, train: bool) -> Instruction:
+    def _instruction(
+        self, round_number: int, *, train: bool, secure: bool = False, weight_norm: float = 0.0
+    ) -> Instruction:
         s = self.settings
         return Instruction(
             round=round_number,
@@ -116,6 +136,9 @@ class Federation:
             total_rounds=s.rounds,
             privacy=s.privacy,
             dataset=s.dataset,
+            app_hash=self.identity.app_hash,
+            secure=secure,
+            weight_norm=weight_norm,
         )
 
     # -- discovery -------------------------------------------------------------------------
@@ -138,7 +161,11 @@ class Federation:
         """Ask every connected node who it is; keep the ones whose data fit the task."""
         node_ids = self.wait_for_nodes()
         config = ConfigRecord(
-            {rk.CFG_TASK: self.settings.task.value, rk.CFG_DATASET: self.settings.dataset}
+            {
+                rk.CFG_TASK: self.settings.task.value,
+                rk.CFG_DATASET: self.settings.dataset,
+                rk.CFG_APP_HASH: self.identity.app_hash,
+            }
         )
         messages = [
             Message(
@@ -150,27 +177,42 @@ class Federation:
             for node_id in node_ids
         ]
         replies = self.exchange(messages, self.settings.connect_timeout_s)
+        for node_id, reason in self.channel.rejected.items():
+            self.folder.event(SITE_REFUSED, node_id=node_id, reason=reason)
         names: set[str] = set()
         for node_id, reply in sorted(replies.items()):
             if reply.has_error():
-                self.folder.event("site_refused", node_id=node_id, reason=reply.error.reason)
+                self.folder.event(SITE_REFUSED, node_id=node_id, reason=reply.error.reason)
                 logger.warning("node %d left out: %s", node_id, reply.error.reason)
                 continue
             try:
                 site, site_privacy = site_from_reply(node_id, reply)
             except (RecordFieldError, ValueError) as err:
-                self.folder.event("site_refused", node_id=node_id, reason=str(err))
+                self.folder.event(SITE_REFUSED, node_id=node_id, reason=str(err))
                 logger.warning("node %d left out: malformed answer: %s", node_id, err)
                 continue
+            signer = signer_of(reply)
+            if self.channel.verifier.enabled and signer != site.name:
+                reason = f"answers as site {site.name!r} but signed as {signer!r}"
+                self.folder.event(SITE_REFUSED, node_id=node_id, reason=reason)
+                logger.warning("node %d left out: %s", node_id, reason)
+                continue
             if site.name in names:
-                self.folder.event("site_refused", node_id=node_id, reason="duplicate site name")
+                self.folder.event(SITE_REFUSED, node_id=node_id, reason="duplicate site name")
                 logger.warning("node %d left out: duplicate site name %s", node_id, site.name)
                 continue
             names.add(site.name)
             self.sites[node_id] = site
+            self.channel.names[node_id] = site.name
             if site.role is Role.TRAIN:
                 self.privacy.add_site(site.name, site_privacy)
-            self.folder.event("site_joined", site=site.name, role=site.role.value)
+            self.folder.event(
+                SITE_JOINED,
+                site=site.name,
+                role=site.role.value,
+                node_id=node_id,
+                dataset_fingerprint=site.data_fingerprint,
+            )
         if not any(site.role is Role.TRAIN for site in self.sites.values()):
             raise FederationError("no training site answered; nothing to train")
         self.folder.results["sites"] = [
@@ -198,11 +240,20 @@ class Federation:
         return sorted(rng.sample(trainers, k), key=lambda s: s.name)
 
     def _wave(
-        self, round_number: int, weights: np.ndarray, trainers: Iterable[Site]
+        self,
+        round_number: int,
+        weights: np.ndarray,
+        trainers: Iterable[Site],
+        secure: Mapping[int, Mapping[str, ConfigRecord]] | None = None,
+        weight_norm: float = 0.0,
     ) -> dict[int, Message]:
+        """Train messages to `trainers`, evaluate messages to every other site; under
+        secure aggregation each trainer's message carries its SecAgg+ records."""
         arrays = _to_record(weights)
         configs = {
-            train: self._instruction(round_number, train=train).to_config()
+            train: self._instruction(
+                round_number, train=train, secure=secure is not None, weight_norm=weight_norm
+            ).to_config()
             for train in (True, False)
         }
         train_ids = {site.node_id for site in trainers}
@@ -210,6 +261,9 @@ class Federation:
         for node_id in sorted(self.sites):
             train = node_id in train_ids
             content = RecordDict({rk.ARRAYS_KEY: arrays, rk.CONFIG_KEY: configs[train]})
+            if train and secure is not None:
+                for key, record in secure[node_id].items():
+                    content[key] = record
             kind = MessageType.TRAIN if train else MessageType.EVALUATE
             messages.append(
                 Message(content, dst_node_id=node_id, message_type=kind, group_id=str(round_number))
@@ -277,21 +331,23 @@ class Federation:
         )
         self.folder.event("site_excluded", round=round_number, site=site.name, reason=reason)
 
-    def _aggregate(
+    def _collect(
         self,
         round_number: int,
         weights: np.ndarray,
         replies: Mapping[int, Message],
         trainers: Sequence[Site],
-    ) -> np.ndarray:
-        updates: list[tuple[np.ndarray, float]] = []
-        train_info: dict[str, dict[str, float]] = {}
-        privacy: dict[str, dict[str, Any]] = {}
+        masked_size: int | None,
+    ) -> tuple[dict[int, AcceptedUpdate], dict[str, str]]:
+        """The trainers' checked updates by node, and why the others were left out."""
+        accepted: dict[int, AcceptedUpdate] = {}
         rejected: dict[str, str] = {}
         for site in trainers:
             reply = replies.get(site.node_id)
             if reply is None:
-                rejected[site.name] = "no reply before the round timeout"
+                rejected[site.name] = self.channel.rejected.get(
+                    site.node_id, "no reply before the round timeout"
+                )
                 continue
             if reply.has_error():
                 reason = reply.error.reason or f"error {reply.error.code}"
@@ -300,50 +356,109 @@ class Federation:
                     self._exclude(round_number, site, reason)
                 continue
             try:
-                accepted = accept_update(
-                    site, reply, weights, self.privacy, dp=self.settings.privacy.enabled
+                accepted[site.node_id] = accept_update(
+                    site,
+                    reply,
+                    weights,
+                    self.privacy,
+                    dp=self.settings.privacy.enabled,
+                    masked_size=masked_size,
                 )
             except (RecordFieldError, UpdateShapeError) as err:
                 rejected[site.name] = f"update rejected: {err}"
-                continue
-            updates.append((accepted.weights, accepted.examples))
-            train_info[site.name] = accepted.info
-            if accepted.privacy is not None:
-                privacy[site.name] = accepted.privacy
         for name, reason in rejected.items():
             logger.warning("round %d: %s left out: %s", round_number, name, reason)
+        return accepted, rejected
+
+    def _combine(
+        self,
+        round_number: int,
+        weights: np.ndarray,
+        accepted: Mapping[int, AcceptedUpdate],
+        trainers: Sequence[Site],
+        secure: SecureAggregator | None,
+    ) -> tuple[np.ndarray, str | None]:
+        """The next global model, and why it equals the last one when it does."""
+        updates = [(update.weights, update.examples) for update in accepted.values()]
+        if secure is not None:
+            try:
+                return secure_average(secure, round_number, weights, accepted), None
+            except SecAggError as err:
+                secure.fail(str(err))
+                return weights, f"secure aggregation failed: {err}"
+        if self.central is None:
+            return weighted_average(updates), None
+        released = self.central.aggregate(
+            round_number, weights, [u for u, _ in updates], asked=len(trainers)
+        )
+        self.privacy.central.update(self.central.spent())
+        if released is None:
+            return weights, self.central.last_refusal
+        return released, None
+
+    def _aggregate(
+        self,
+        round_number: int,
+        weights: np.ndarray,
+        replies: Mapping[int, Message],
+        trainers: Sequence[Site],
+        secure: SecureAggregator | None = None,
+    ) -> np.ndarray:
+        masked_size = None if secure is None else secure.vector_size
+        accepted, rejected = self._collect(round_number, weights, replies, trainers, masked_size)
         refused_all = bool(trainers) and all(s.name in self.privacy.excluded for s in trainers)
-        if not updates and not refused_all:
+        if not accepted and not refused_all and secure is None:
             raise FederationError(f"round {round_number}: no usable update ({rejected})")
-        central_refused = None
-        if not updates:
-            new_weights = weights
-        elif self.central is None:
-            new_weights = weighted_average(updates)
-        else:
-            released = self.central.aggregate(
-                round_number, weights, [u for u, _ in updates], asked=len(trainers)
+        unchanged: str | None = None
+        if not accepted:
+            unchanged = (secure.failure if secure is not None else None) or "no usable update"
+            if secure is not None:
+                secure.fail(unchanged)
+        new_weights = weights
+        if accepted:
+            new_weights, unchanged = self._combine(
+                round_number, weights, accepted, trainers, secure
             )
-            central_refused = None if released is not None else self.central.last_refusal
-            new_weights = weights if released is None else released
-            self.privacy.central.update(self.central.spent())
-        if central_refused is not None:
-            logger.warning("round %d: model unchanged: %s", round_number, central_refused)
-        checkpoint = self.folder.checkpoint(round_number, self.layout.unflatten(new_weights))
+        if unchanged is not None:
+            logger.warning("round %d: model unchanged: %s", round_number, unchanged)
+        names = {site.node_id: site.name for site in trainers}
+        participants = sorted(names[node] for node in accepted)
+        if secure is not None and unchanged is None:
+            participants = sorted(names[node] for node in secure.active)
+        checkpoint, digest = self.folder.checkpoint(
+            round_number, self.layout.unflatten(new_weights)
+        )
+        for node, update in accepted.items():
+            if update.privacy is not None:
+                self.folder.event(
+                    PRIVACY_SPENT, round=round_number, site=names[node], **update.privacy
+                )
+        self.folder.event(
+            AGGREGATED,
+            round=round_number,
+            participants=participants,
+            secure_aggregation=secure is not None,
+            unchanged=unchanged,
+        )
+        self.folder.event(GLOBAL_MODEL, round=round_number, sha256=digest, checkpoint=checkpoint)
         self.folder.results["privacy"] = self.privacy.section()
         self.folder.update_round(
             round_number,
-            participants=sorted(train_info),
-            train=train_info,
+            participants=participants,
+            train={names[node]: update.info for node, update in accepted.items()},
             left_out=rejected,
-            total_examples=sum(c for _, c in updates),
+            total_examples=sum(update.examples for update in accepted.values()),
             checkpoint=checkpoint,
-            privacy=privacy,
+            model_sha256=digest,
+            privacy={
+                names[node]: u.privacy for node, u in accepted.items() if u.privacy is not None
+            },
+            secure_aggregation=None if secure is None else secure.summary(unchanged),
         )
         if self.central is not None:
             self.folder.update_round(
                 round_number,
-                central_privacy={"released": central_refused is None, "reason": central_refused},
+                central_privacy={"released": unchanged is None, "reason": unchanged},
             )
         return new_weights
 
@@ -359,6 +474,26 @@ class Federation:
             f"(left training: {', '.join(sorted(self.privacy.excluded)) or 'none'})"
         )
 
+    def _secure_setup(
+        self, round_number: int, trainers: Sequence[Site]
+    ) -> dict[int, dict[str, ConfigRecord]] | None:
+        """Under secure aggregation: the SecAgg+ records of each trainer's train message
+        (a new session first when needed); None for a plain round. When too few sites can
+        take part, the round trains nobody (an empty dict) and the model stays."""
+        if self.secure is None or not self.settings.secure_aggregation_for(len(trainers)):
+            return None
+        try:
+            return self.secure.prepare(
+                round_number,
+                [site.node_id for site in trainers],
+                weight_norm=float(max(site.num_train for site in trainers)),
+            )
+        except SecAggError as err:
+            self.secure.fail(str(err))
+            logger.warning("round %d: secure aggregation could not start: %s", round_number, err)
+            self.folder.event("secure_aggregation_failed", round=round_number, reason=str(err))
+            return {}
+
     def run(self) -> np.ndarray:
         """Discover sites, run every round, evaluate the final model; returns its weights."""
         self.discover_sites()
@@ -369,7 +504,9 @@ class Federation:
                 layout_size=self.layout.size,
             )
         weights = self.initial_weights
-        self.folder.checkpoint(0, self.layout.unflatten(weights))
+        checkpoint, digest = self.folder.checkpoint(0, self.layout.unflatten(weights))
+        self.folder.event(GLOBAL_MODEL, round=0, sha256=digest, checkpoint=checkpoint)
+        self.folder.update_round(0, checkpoint=checkpoint, model_sha256=digest)
         for round_number in range(1, self.settings.rounds + 1):
             self.ended_early = self._too_few_trainers()
             if self.ended_early is not None:
@@ -388,13 +525,28 @@ class Federation:
             self.folder.event(
                 "round_started", round=round_number, trainers=[s.name for s in trainers]
             )
-            replies = self._wave(round_number, weights, trainers)
+            records = self._secure_setup(round_number, trainers)
+            secure = None if records is None else self.secure
+            asked = trainers if records is None else [s for s in trainers if s.node_id in records]
+            replies = self._wave(
+                round_number,
+                weights,
+                asked,
+                records,
+                weight_norm=0.0 if secure is None else secure.weight_norm,
+            )
             self._record_evaluation(round_number - 1, replies)
-            weights = self._aggregate(round_number, weights, replies, trainers)
+            weights = self._aggregate(round_number, weights, replies, trainers, secure)
             duration = time.monotonic() - started
-            self.folder.update_round(round_number, duration_s=round(duration, 3))
+            self.folder.update_round(
+                round_number,
+                duration_s=round(duration, 3),
+                upload_bytes=self.channel.upload_bytes[round_number],
+            )
             self.folder.event("round_done", round=round_number, duration_s=duration)
         last_round = max((entry["round"] for entry in self.folder.results["rounds"]), default=0)
         final = self._wave(self.settings.rounds + 1, weights, trainers=())
         self._record_evaluation(last_round, final)
+        self.folder.results["node_audit_heads"] = dict(self.channel.node_audit_heads)
+        self.folder.save()
         return weights

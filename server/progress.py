@@ -17,7 +17,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from consortia.common.audit_log import RUN_FAILED, RUN_FINISHED
 from consortia.common.errors import ConsortiaError
+from consortia.common.provenance import PROVENANCE_FILE
 from consortia.common.settings import Task
 from consortia.server.run_folder import EVENTS_FILE, RESULTS_FILE
 from consortia.server.submit import SuperLinkConnection, stop_run
@@ -31,7 +33,9 @@ __all__ = [
     "watch_run",
 ]
 
-_TERMINAL = {"run_done", "run_failed"}
+_TERMINAL = {RUN_FINISHED, RUN_FAILED}
+# The server writes the signed provenance just after the run's last audit record.
+_PROVENANCE_WAIT_S = 30.0
 
 
 def headline_metric(task: Task) -> str:
@@ -149,7 +153,10 @@ def follow_run(
             interrupted.wait(0.25)
     if interrupted.is_set():
         raise KeyboardInterrupt
-    if progress.finished == "run_failed":
+    deadline = time.monotonic() + _PROVENANCE_WAIT_S
+    while not (run_dir / PROVENANCE_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if progress.finished == RUN_FAILED:
         raise ConsortiaError(f"the run failed: {progress.reason}")
     return progress
 

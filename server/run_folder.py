@@ -4,14 +4,14 @@ Layout (schema in docs/results-schema.md)::
 
     runs/<run-name>/
         results.json        # the whole run so far; rewritten atomically after each step
-        events.jsonl        # one JSON object per line, UTC timestamps (live progress)
+        audit.jsonl         # hash-chained audit log, UTC timestamps (also live progress)
+        provenance.json     # signed summary of the run, written at its end
         checkpoints/round-NNN.pt   # global model state_dict after each round
         server.log
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,13 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from consortia.common.files import json_default, write_json_atomic
+from consortia.common.audit_log import (
+    AUDIT_LOG_FILE,
+    CHECKPOINT_SAVED,
+    AuditLog,
+    server_log_label,
+)
+from consortia.common.files import sha256_file, write_json_atomic
 from consortia.common.logs import utc_now
 
 __all__ = ["EVENTS_FILE", "RESULTS_FILE", "RunFolder"]
 
 RESULTS_FILE = "results.json"
-EVENTS_FILE = "events.jsonl"
+EVENTS_FILE = AUDIT_LOG_FILE
 CHECKPOINT_DIR = "checkpoints"
 SCHEMA = "consortia.results/1"
 
@@ -43,13 +49,14 @@ def _finite(value: Any) -> Any:
 
 
 class RunFolder:
-    """Owns `results.json`, `events.jsonl` and the checkpoints of one run."""
+    """Owns `results.json`, the audit log and the checkpoints of one run."""
 
     def __init__(self, path: Path, header: Mapping[str, Any]) -> None:
         if (path / RESULTS_FILE).exists():
             raise FileExistsError(f"run folder {path} already holds a run")
         self.path = path
         (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        self.audit = AuditLog.open(path / EVENTS_FILE, server_log_label(path.name))
         self.results: dict[str, Any] = {
             "schema": SCHEMA,
             **header,
@@ -65,12 +72,9 @@ class RunFolder:
         write_json_atomic(self.path / RESULTS_FILE, _finite(self.results))
 
     def event(self, kind: str, /, **fields: Any) -> None:
-        """Append one event line (flushed at once: a progress display tails this file)."""
-        line = json.dumps(
-            {"time": utc_now(), "event": kind, **_finite(fields)}, default=json_default
-        )
-        with (self.path / EVENTS_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        """Append one record to the audit log (fsynced at once; the live progress
+        display tails the same file)."""
+        self.audit.append(kind, **_finite(fields))
 
     def update_round(self, round_number: int, **fields: Any) -> None:
         for entry in self.results["rounds"]:
@@ -82,14 +86,17 @@ class RunFolder:
             self.results["rounds"].sort(key=lambda item: item["round"])
         self.save()
 
-    def checkpoint(self, round_number: int, state: Mapping[str, torch.Tensor]) -> str:
-        """Save the global model after `round_number`; returns its path in the folder."""
+    def checkpoint(self, round_number: int, state: Mapping[str, torch.Tensor]) -> tuple[str, str]:
+        """Save the global model after `round_number`; returns its path in the folder and
+        the file's SHA-256 (recorded in the audit log)."""
         relative = f"{CHECKPOINT_DIR}/round-{round_number:03d}.pt"
         target = self.path / relative
         tmp = target.with_suffix(".tmp")
         torch.save(dict(state), tmp)
         os.replace(tmp, target)
-        return relative
+        digest = sha256_file(target)
+        self.event(CHECKPOINT_SAVED, round=round_number, checkpoint=relative, sha256=digest)
+        return relative, digest
 
     def finish(self, status: str, **fields: Any) -> None:
         self.results.update(fields)

@@ -11,11 +11,17 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from consortia.common import records as rk
+from consortia.common.audit_log import RUN_FAILED, RUN_FINISHED, RUN_STARTED
 from consortia.common.errors import ConsortiaError
 from consortia.common.logs import add_file_handler, setup_logging
+from consortia.common.run_identity import RunIdentity, app_hash_details
 from consortia.common.settings import run_settings_from_json
 from consortia.server.federation import Federation
+from consortia.server.reply_verifier import ReplyVerifier
 from consortia.server.run_folder import RunFolder
+from consortia.server.run_provenance import write_run_provenance
+from consortia.server.server_security import ServerSecurity
+from consortia.server.site_registry import SiteRegistry
 
 __all__ = ["RUNS_DIR_ENV", "app", "runs_dir"]
 
@@ -41,6 +47,13 @@ def main(grid: Grid, context: Context) -> None:
     if not _RUN_NAME.fullmatch(run_name):
         raise ConsortiaError(f"run config: {rk.RUN_CONFIG_RUN_NAME}: invalid run name")
     folder_path = runs_dir() / run_name
+    security = ServerSecurity.from_env()
+    identity = RunIdentity.of(settings)
+    protection = {
+        "tls": security is not None,
+        "site_authentication": security is not None,
+        "signed_updates": security is not None,
+    }
     folder = RunFolder(
         folder_path,
         {
@@ -48,17 +61,35 @@ def main(grid: Grid, context: Context) -> None:
             "flower_run_id": context.run_id,
             "task": settings.task.value,
             "settings": settings.model_dump(mode="json"),
+            "config_hash": identity.config_hash,
+            "app": app_hash_details(),
+            "security": protection,
         },
     )
     add_file_handler(folder_path / "server.log")
-    folder.event("run_started", run_name=run_name, rounds=settings.rounds)
+    if security is None:
+        logger.warning("insecure server: no TLS, no site authentication, unsigned updates")
+    folder.event(
+        RUN_STARTED,
+        run_name=run_name,
+        flower_run_id=context.run_id,
+        rounds=settings.rounds,
+        config_hash=identity.config_hash,
+        app_hash=identity.app_hash,
+        **protection,
+    )
+    verifier = ReplyVerifier(
+        None if security is None else SiteRegistry(security.registry_dir), context.run_id
+    )
     try:
-        Federation(grid, settings, folder).run()
+        Federation(grid, settings, folder, verifier=verifier, identity=identity).run()
     except BaseException as err:
         logger.error("run %s failed: %s", run_name, err)
-        folder.event("run_failed", reason=str(err))
+        folder.event(RUN_FAILED, reason=str(err))
         folder.finish("failed", error=str(err))
+        write_run_provenance(folder, settings, identity, security)
         raise
-    folder.event("run_done")
+    folder.event(RUN_FINISHED, status="completed")
     folder.finish("completed")
+    write_run_provenance(folder, settings, identity, security)
     logger.info("run %s completed; results in %s", run_name, folder_path)

@@ -95,6 +95,18 @@ class SuperLinkConnection:
     insecure: bool = True
     root_certificates: Path | None = None
 
+    @classmethod
+    def of(cls, address: str, flwr_home: Path, ca: Path | None) -> SuperLinkConnection:
+        """A TLS connection trusting `ca`, or a plaintext one when `ca` is None."""
+        if ca is None:
+            return cls(address, flwr_home)
+        if not ca.is_file():
+            raise ConsortiaError(
+                f"{ca}: CA certificate not found (needed to verify the server's TLS "
+                "certificate; --insecure for a plaintext server)"
+            )
+        return cls(address, flwr_home, insecure=False, root_certificates=ca.resolve())
+
     def _env(self) -> dict[str, str]:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         conn = [f"[superlink.{_CONNECTION}]", f"address = {_toml_string(self.address)}"]

@@ -7,15 +7,22 @@ from pathlib import Path
 
 from consortia.common.processes import ManagedProcess, ProcessGroup, process_env, wait_for_port
 from consortia.server.server_app import RUNS_DIR_ENV
+from consortia.server.server_security import ServerSecurity
 
 __all__ = ["start_superlink", "superlink_args"]
 
 
 def superlink_args(
-    host: str, port: int, *, insecure: bool, database: Path | None, simulation: bool = False
+    host: str,
+    port: int,
+    *,
+    security: ServerSecurity | None,
+    database: Path | None,
+    simulation: bool = False,
 ) -> list[str]:
     """Command line of `flower-superlink` (runtime dependency installation always off:
-    it would download a CUDA build of torch into every run)."""
+    it would download a CUDA build of torch into every run). With `security`, every API
+    speaks TLS and only SuperNodes whose keys were registered may connect."""
     args = [
         str(Path(sys.executable).with_name("flower-superlink")),
         "--host",
@@ -24,8 +31,18 @@ def superlink_args(
         str(port),
         "--disable-runtime-dependency-installation",
     ]
-    if insecure:
+    if security is None:
         args.append("--insecure")
+    elif not simulation:
+        args += [
+            "--ssl-ca-certfile",
+            str(security.ca),
+            "--ssl-certfile",
+            str(security.certificate),
+            "--ssl-keyfile",
+            str(security.key),
+            "--enable-supernode-auth",
+        ]
     if database is not None:
         args += ["--database", str(database)]
     if simulation:
@@ -40,21 +57,24 @@ def start_superlink(
     *,
     host: str = "127.0.0.1",
     port: int = 9092,
-    insecure: bool = True,
+    security: ServerSecurity | None = None,
     simulation: bool = False,
     startup_timeout_s: float = 60.0,
 ) -> ManagedProcess:
     """Start a SuperLink whose ServerApps write run folders under `runs_dir`."""
     state_dir.mkdir(parents=True, exist_ok=True)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    env = process_env(FLWR_HOME=str(state_dir / "flwr"), **{RUNS_DIR_ENV: str(runs_dir.resolve())})
+    extra = {RUNS_DIR_ENV: str(runs_dir.resolve())}
+    if security is not None:
+        extra |= security.check().env()
+    env = process_env(FLWR_HOME=str(state_dir / "flwr"), **extra)
     process = group.start(
         ManagedProcess(
             "SuperLink",
             superlink_args(
                 host,
                 port,
-                insecure=insecure,
+                security=security,
                 database=state_dir / "superlink.db",
                 simulation=simulation,
             ),

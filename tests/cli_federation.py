@@ -1,6 +1,10 @@
 """Test helper: a federation started with the CLI, as a consortium runs it: `consortia
 server start`, one `consortia node start` per site and `consortia run`, all real
-processes on 127.0.0.1, stopped with SIGTERM."""
+processes on 127.0.0.1, stopped with SIGTERM.
+
+By default it is secured as a consortium would be: a CA and server certificate, TLS,
+one registered key pair per site, and every site approving each run before it starts
+(`secure=False`: a plaintext server and nodes, for the tests of insecure mode)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from consortia.common.processes import free_port, wait_for_address
+from consortia.common.settings import load_run_settings, load_site_settings
+from consortia.server.local_consortium import LocalConsortium, SiteKeys
 
 __all__ = ["CLI", "CliFederation"]
 
@@ -21,16 +27,24 @@ CLI = [sys.executable, "-m", "consortia.common.cli"]
 class CliFederation:
     """A server and nodes started with the CLI."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, secure: bool = True) -> None:
         self.root = root
         self.port = free_port()
         self.superlink = f"127.0.0.1:{self.port}"
         self.runs = root / "runs"
         self.server: subprocess.Popen[bytes] | None = None
         self.nodes: list[subprocess.Popen[bytes]] = []
+        self.consortium = LocalConsortium.create(root / "pki", root / "server") if secure else None
+        self.registered: set[str] = set()
+        self.site_configs: list[Path] = []
 
     def start_server(self) -> None:
         log = (self.root / "server.log").open("ab")
+        security = (
+            ["--insecure"]
+            if self.consortium is None
+            else ["--certs", str(self.consortium.security.certs_dir)]
+        )
         self.server = subprocess.Popen(
             [
                 *CLI,
@@ -42,13 +56,29 @@ class CliFederation:
                 str(self.runs),
                 "--state-dir",
                 str(self.root / "server"),
+                *security,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         wait_for_address(self.superlink, 60.0)
 
+    def register(self, config: Path) -> None:
+        """Register the site's key with the running server (once)."""
+        if self.consortium is None:
+            return
+        site = load_site_settings(config)
+        if site.site.name in self.registered or site.node.key is None:
+            return
+        keys = SiteKeys(site.site.name, site.node.key, site.node.key.with_suffix(".pub"))
+        self.consortium.register(keys, self.superlink)
+        self.registered.add(site.site.name)
+
     def start_nodes(self, configs: list[Path]) -> None:
+        for config in configs:
+            self.register(config)
+            if config not in self.site_configs:
+                self.site_configs.append(config)
         for config in configs:
             log = (config.parent / "node.log").open("ab")
             self.nodes.append(
@@ -78,13 +108,33 @@ class CliFederation:
             except subprocess.TimeoutExpired:
                 self.server.kill()
 
-    def run(self, name: str, config_text: str) -> dict[str, Any]:
-        """Submit a run config and wait for it; returns results.json plus its `dir`."""
+    def run(
+        self, name: str, config_text: str, *, approved_by: list[Path] | None = None
+    ) -> dict[str, Any]:
+        """Submit a run config and wait for it; returns results.json plus its `dir`.
+        Every started site approves the run first, or only those in `approved_by`."""
         config = self.root / f"{name}.toml"
         config.write_text(config_text, encoding="utf-8")
         before = set(self.runs.iterdir()) if self.runs.exists() else set()
+        if self.consortium is None:
+            security = ["--insecure"]
+        else:
+            settings = load_run_settings(config)
+            approving = self.site_configs if approved_by is None else approved_by
+            for site_config in approving:
+                self.consortium.approve(load_site_settings(site_config), settings, by="tests")
+            security = ["--ca", str(self.consortium.ca_certificate)]
         result = subprocess.run(
-            [*CLI, "run", str(config), "--superlink", self.superlink, "--runs-dir", str(self.runs)],
+            [
+                *CLI,
+                "run",
+                str(config),
+                "--superlink",
+                self.superlink,
+                "--runs-dir",
+                str(self.runs),
+                *security,
+            ],
             capture_output=True,
             text=True,
             timeout=600,
@@ -99,10 +149,18 @@ class CliFederation:
     def site_config(self, folder: Path, name: str, role: str, data: str, extra: str = "") -> Path:
         """Write `folder/site.toml` for a node of this federation."""
         config = folder / "site.toml"
+        if self.consortium is None:
+            security = "insecure = true\n"
+        else:
+            keys = self.consortium.site_keys(name, folder / "keys")
+            security = (
+                f'root_certificates = "{self.consortium.ca_certificate}"\n'
+                f'key = "{keys.private_key}"\n'
+            )
         config.write_text(
             f'[site]\nname = "{name}"\nrole = "{role}"\n[data]\npath = "{data}"\n'
             f'[node]\nsuperlink = "{self.superlink}"\nstate_dir = "state"\n'
-            f"runtime_port = {free_port()}\n{extra}",
+            f"runtime_port = {free_port()}\n{security}{extra}",
             encoding="utf-8",
         )
         return config

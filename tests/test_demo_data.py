@@ -243,8 +243,9 @@ def test_first_profiles_are_distinct_and_derived_profiles_are_stable() -> None:
     assert held_out.blur_sigma > max(profile.blur_sigma for profile in training)
     assert held_out.gamma > max(profile.gamma for profile in training)
     assert held_out.bias_strength > max(profile.bias_strength for profile in training)
-    with pytest.raises(FrozenInstanceError):
-        profiles[0].gamma = 2.0
+    for field_name in ("gamma", "name"):
+        with pytest.raises(FrozenInstanceError):
+            setattr(profiles[0], field_name, 2.0)
 
 
 def test_sites_differ_in_intensity_statistics() -> None:

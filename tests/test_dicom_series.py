@@ -71,6 +71,7 @@ def test_series_is_sorted_by_position_with_rescale_and_geometry(tmp_path: Path) 
     assert volume.array.min() < 0  # the intercept was applied
     assert volume.spacing == pytest.approx((2.5, 0.8, 0.7))
     assert volume.origin == pytest.approx(tuple(written.positions[0]))
+    assert volume.direction is not None
     np.testing.assert_allclose(volume.direction, written.direction)
     # file names run against slice order: the reader must not sort by path
     assert sorted(series.files) != list(series.files)
@@ -99,6 +100,7 @@ def test_oblique_series_is_sorted_along_the_slice_normal(tmp_path: Path) -> None
     series = read_dicom_folder(tmp_path / "oblique")
     assert series.volume.origin == pytest.approx(tuple(origin))
     assert series.volume.spacing[0] == pytest.approx(3.0)
+    assert series.volume.direction is not None
     np.testing.assert_allclose(series.volume.direction[2], normal, atol=1e-9)
     # slice d of the volume is the written slice whose position is d steps along the normal
     expected = written.values[np.argsort(order)]

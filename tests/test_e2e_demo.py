@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from consortia.server.run_folder import EVENTS_FILE
 from tests.processes import flower_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -20,8 +21,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CLI = [sys.executable, "-m", "consortia.common.cli"]
 
 
-@pytest.mark.parametrize("task", ["segmentation", "classification"])
-def test_demo_runs_a_whole_federation(tmp_path: Path, task: str) -> None:
+# Segmentation with 3 training sites (secure aggregation on by default), classification
+# with 2 (plain aggregation): both paths through the real runtime, TLS and signatures on.
+@pytest.mark.parametrize(("task", "sites"), [("segmentation", 4), ("classification", 3)])
+def test_demo_runs_a_whole_federation(tmp_path: Path, task: str, sites: int) -> None:
     before = flower_processes()
     result = subprocess.run(
         [
@@ -30,7 +33,7 @@ def test_demo_runs_a_whole_federation(tmp_path: Path, task: str) -> None:
             "--rounds",
             "2",
             "--sites",
-            "3",
+            str(sites),
             "--task",
             task,
             "--output",
@@ -55,14 +58,25 @@ def test_demo_runs_a_whole_federation(tmp_path: Path, task: str) -> None:
     assert results["status"] == "completed"
     assert results["task"] == task
     roles = {site["name"]: site["role"] for site in results["sites"]}
-    assert roles == {"hospital-a": "train", "hospital-b": "train", "hospital-c": "holdout"}
+    trainers = [f"hospital-{c}" for c in "abc"[: sites - 1]]
+    holdout = f"hospital-{'abcd'[sites - 1]}"
+    assert roles == {**dict.fromkeys(trainers, "train"), holdout: "holdout"}
+    assert results["security"] == {
+        "tls": True,
+        "site_authentication": True,
+        "signed_updates": True,
+    }
 
     metric = "dice" if task == "segmentation" else "auc"
     rounds = {entry["round"]: entry for entry in results["rounds"]}
     assert sorted(rounds) == [0, 1, 2]
     for number in (1, 2):
-        assert rounds[number]["participants"] == ["hospital-a", "hospital-b"]
-        assert rounds[number]["total_examples"] == 48
+        assert rounds[number]["participants"] == trainers
+        assert rounds[number]["total_examples"] == 24 * len(trainers)
+        secure = rounds[number]["secure_aggregation"]
+        assert (secure is not None) == (len(trainers) >= 3)
+        if secure is not None:
+            assert secure["status"] == "ok" and secure["dropped"] == 0
         assert (run_dir / rounds[number]["checkpoint"]).is_file()
     for number in (0, 1, 2):
         evaluation = rounds[number]["evaluation"]
@@ -74,12 +88,27 @@ def test_demo_runs_a_whole_federation(tmp_path: Path, task: str) -> None:
         assert rounds[2]["evaluation"]["holdout"]["hd95"] is not None
         assert rounds[1]["evaluation"]["holdout"]["hd95"] is None
     # the held-out site never trained
-    assert all("hospital-c" not in entry.get("train", {}) for entry in results["rounds"])
+    assert all(holdout not in entry.get("train", {}) for entry in results["rounds"])
 
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (run_dir / EVENTS_FILE).read_text().splitlines()]
     kinds = [event["event"] for event in events]
-    assert kinds[0] == "run_started" and kinds[-1] == "run_done"
+    assert kinds[:2] == ["log_opened", "run_started"] and kinds[-1] == "run_finished"
     assert kinds.count("round_done") == 2
     assert all(event["time"].endswith("Z") for event in events)
+    assert kinds.count("update_verified") >= 2 * len(roles)
+
+    # The audit trail and the signed provenance verify against the consortium CA.
+    ca = run_dir / "workspace" / "pki" / "server" / "ca.pem"
+    verified = subprocess.run(
+        [*CLI, "audit", "verify", str(run_dir), "--ca", str(ca), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
+    provenance = json.loads((run_dir / "provenance.json").read_text())["provenance"]
+    assert [r["round"] for r in provenance["rounds"]] == [0, 1, 2]
+    assert provenance["secure_aggregation"]["enabled"] == (len(trainers) >= 3)
 
     assert flower_processes() <= before, "demo left Flower processes running"

@@ -42,7 +42,7 @@ def test_round_trip() -> None:
         (rk.CFG_EVALUATE_FIRST, 1, "'evaluate-first' must be true or false"),
     ],
 )
-def test_malformed_field_is_named(key: str, value: object, match: str) -> None:
+def test_malformed_field_is_named(key: str, value: str | int, match: str) -> None:
     config = dict(_instruction().to_config())
     config[key] = value
     with pytest.raises(RecordFieldError, match=match):

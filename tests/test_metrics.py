@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,9 +267,12 @@ def test_combine_adds_key_wise() -> None:
     combined = combine([{DICE_SUM: 1.5, DICE_COUNT: 2.0}, {DICE_SUM: 0.5, CASES: 3.0}])
     assert combined == {DICE_SUM: 2.0, DICE_COUNT: 2.0, CASES: 3.0}
     assert combine([]) == {}
-    assert combine([{CASES: np.int64(2)}, {CASES: np.float32(1.0)}]) == {CASES: 3.0}
+    # Values as they may arrive at run time: NumPy scalars are added, a string is refused.
+    numpy_scalars: list[dict[str, Any]] = [{CASES: np.int64(2)}, {CASES: np.float32(1.0)}]
+    assert combine(numpy_scalars) == {CASES: 3.0}
+    not_a_number: list[dict[str, Any]] = [{DICE_SUM: "1"}]
     with pytest.raises(TypeError, match=DICE_SUM):
-        combine([{DICE_SUM: "1"}])
+        combine(not_a_number)
     with pytest.raises(ValueError, match=DICE_SUM):
         combine([{DICE_SUM: float("nan")}])
     with pytest.raises(ValueError, match="bins"):

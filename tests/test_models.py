@@ -123,7 +123,8 @@ def test_fingerprint_ignores_values_and_dropout() -> None:
 
 
 def test_lists_become_tuples() -> None:
-    settings = ModelSettings("unet", channels=[8, 16], strides=[2])
+    from_toml: dict[str, Any] = {"channels": [8, 16], "strides": [2]}  # TOML arrays are lists
+    settings = ModelSettings("unet", **from_toml)
     assert settings.channels == (8, 16)
     assert settings.strides == (2,)
     assert hash(settings) == hash(ModelSettings("unet", channels=(8, 16), strides=(2,)))
@@ -173,8 +174,9 @@ def test_wrong_types_name_the_field(kwargs: dict[str, Any], field: str) -> None:
 
 
 def test_build_model_rejects_non_settings() -> None:
+    not_settings: Any = {"architecture": "unet"}
     with pytest.raises(TypeError, match="settings"):
-        build_model({"architecture": "unet"})
+        build_model(not_settings)
 
 
 def _private_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -33,6 +33,13 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     return path
 
 
+def _nibabel_file(name: str) -> Path:
+    """A file of nibabel's bundled test data (a folder in an installed nibabel)."""
+    path = data_path / name
+    assert isinstance(path, Path), f"nibabel's test data is not a folder: {path}"
+    return path
+
+
 def _ramp(shape: tuple[int, ...]) -> np.ndarray:
     return np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
 
@@ -49,6 +56,7 @@ def test_3d_image_axes_spacing_and_lps_geometry(tmp_path: Path) -> None:
     assert volume.array[0, 3, 2, 1] == data[1, 2, 3]
     assert volume.spacing == pytest.approx((3.0, 2.0, 1.5))
     assert volume.origin == pytest.approx((10.0, -20.0, 30.0))  # RAS -> LPS
+    assert volume.direction is not None
     np.testing.assert_allclose(
         volume.direction, [[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]], atol=1e-12
     )
@@ -67,11 +75,11 @@ def test_2d_and_4d_images(tmp_path: Path) -> None:
 
 
 def test_nibabel_example_files() -> None:
-    example = read_nifti(data_path / "example4d.nii.gz")  # (128, 96, 24, 2) int16
+    example = read_nifti(_nibabel_file("example4d.nii.gz"))  # (128, 96, 24, 2) int16
     assert example.array.shape == (2, 24, 96, 128)
-    nifti2 = read_nifti(data_path / "example_nifti2.nii.gz")
+    nifti2 = read_nifti(_nibabel_file("example_nifti2.nii.gz"))
     assert nifti2.array.shape == (2, 12, 20, 32)
-    anatomical = read_nifti(data_path / "anatomical.nii")  # big-endian int16
+    anatomical = read_nifti(_nibabel_file("anatomical.nii"))  # big-endian int16
     assert anatomical.array.shape == (1, 25, 41, 33)
     assert anatomical.spacing == pytest.approx((2.0, 2.0, 2.0))
 
@@ -204,6 +212,8 @@ def test_nifti_mask_for_a_dicom_series_lands_on_its_voxels(
     # an image converted to NIfTI from the same series gets the same mask back
     image = read_nifti(_save(written.values.T, affine, tmp_path / "image.nii.gz"))
     np.testing.assert_allclose(image.array[0], series.volume.array[0])
+    assert image.direction is not None
+    assert series.volume.direction is not None
     np.testing.assert_allclose(image.direction, series.volume.direction, atol=1e-6)
     assert image.origin == pytest.approx(series.volume.origin)
     np.testing.assert_array_equal(read_nifti_label(path, image), mask)

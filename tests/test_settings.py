@@ -171,3 +171,53 @@ def test_run_privacy_defaults_to_a_target_epsilon() -> None:
     assert settings.privacy.enabled and settings.privacy.target_epsilon == 8.0
     assert settings.privacy.noise_multiplier is None
     assert not settings.central_privacy.enabled
+
+
+def test_node_needs_tls_files_unless_insecure(tmp_path: Path) -> None:
+    (tmp_path / "d.npz").write_bytes(b"x")
+    base = '[site]\nname = "a"\n[data]\npath = "d.npz"\n[node]\n'
+    bare = load_site_settings(_write(tmp_path, "bare.toml", base))
+    with pytest.raises(ConfigError, match=r"node\.root_certificates: .*CA certificate"):
+        bare.node.check_connection_files("bare.toml")
+    (tmp_path / "ca.pem").write_text("x")
+    no_key = load_site_settings(
+        _write(tmp_path, "nokey.toml", base + 'root_certificates = "ca.pem"\n')
+    )
+    with pytest.raises(ConfigError, match=r"node\.key: the site's private key"):
+        no_key.node.check_connection_files("nokey.toml")
+    with pytest.raises(ConfigError, match=r"node\.key: file not found"):
+        load_site_settings(
+            _write(tmp_path, "gone.toml", base + 'root_certificates = "ca.pem"\nkey = "k.key"\n')
+        )
+    (tmp_path / "k.key").write_text("x")
+    ready = load_site_settings(
+        _write(tmp_path, "ok.toml", base + 'root_certificates = "ca.pem"\nkey = "k.key"\n')
+    )
+    ready.node.check_connection_files("ok.toml")
+    assert ready.node.key == (tmp_path / "k.key").resolve()
+    insecure = load_site_settings(_write(tmp_path, "plain.toml", base + "insecure = true\n"))
+    insecure.node.check_connection_files("plain.toml")
+
+
+def test_secure_aggregation_settings(tmp_path: Path) -> None:
+    auto = load_run_settings(_write(tmp_path, "auto.toml", "[run]\n"))
+    assert not auto.secure_aggregation_for(2)
+    assert auto.secure_aggregation_for(3)
+    off = load_run_settings(
+        _write(tmp_path, "off.toml", '[run.secure_aggregation]\nmode = "off"\n')
+    )
+    assert not off.secure_aggregation_for(10)
+    central = load_run_settings(
+        _write(tmp_path, "central.toml", "[run.central_privacy]\nenabled = true\n")
+    )
+    assert not central.secure_aggregation_for(10)  # "auto" yields to central privacy
+    with pytest.raises(ConfigError, match="cannot combine with central_privacy"):
+        load_run_settings(
+            _write(
+                tmp_path,
+                "both.toml",
+                '[run.central_privacy]\nenabled = true\n[run.secure_aggregation]\nmode = "on"\n',
+            )
+        )
+    with pytest.raises(ConfigError, match=r"secure_aggregation\.threshold"):
+        load_run_settings(_write(tmp_path, "t.toml", "[run.secure_aggregation]\nthreshold = 0.4\n"))

@@ -129,7 +129,7 @@ def _expand_files(source: FilesSource, where: str, mf: ManifestFile) -> Iterator
         name = image_path.name
         stem = image_stem(name)
         patient: str | None = None
-        split = None if source.split == "rule" else source.split
+        split: str | None = None if source.split == "rule" else source.split
         label: LabelSource | None = None
         extra: tuple[Path, ...] = ()
         if source.masks is not None:

@@ -242,9 +242,9 @@ class SiteDataset:
                 patient = item.case.patient or item.patient or item.case.id
                 item.result = replace(item.result, split=patient_split(patient, rule))
         conflicts = split_conflicts(
-            (patient, str(item.result.split))
+            (known, str(item.result.split))
             for item in read
-            if item.result.ok and (patient := item.case.patient or item.patient) is not None
+            if item.result.ok and (known := item.case.patient or item.patient) is not None
         )
         for item in read:
             splits = conflicts.get(item.case.patient or item.patient or "")

@@ -60,8 +60,13 @@ __all__ = ["MODELS", "main"]
 
 logger = logging.getLogger("consortia.bench")
 
-_UNET = {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "norm_groups": 8}
-_STEM3 = {"conv1_kernel": 3, "conv1_stride": 1, "no_max_pool": False, "norm_groups": 8}
+_UNET: dict[str, Any] = {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "norm_groups": 8}
+_STEM3: dict[str, Any] = {
+    "conv1_kernel": 3,
+    "conv1_stride": 1,
+    "no_max_pool": False,
+    "norm_groups": 8,
+}
 
 #: name -> (settings, task, spatial dims). The U-Net and ResNet-18 are the ones of
 #: configs/run-segmentation.toml and configs/run-classification.toml.
@@ -258,9 +263,10 @@ def measure_model(name: str, args: argparse.Namespace, device: torch.device) -> 
     steps: dict[str, Callable[[torch.Tensor, torch.Tensor], Any]] = {}
     private: dict[str, PrivateStep] = {}
     for variant in variants:
-        steps[variant] = _make_step(variant, settings, task, device, images, targets)
-        if isinstance(steps[variant], PrivateStep):
-            private[variant] = steps[variant]
+        step = _make_step(variant, settings, task, device, images, targets)
+        steps[variant] = step
+        if isinstance(step, PrivateStep):
+            private[variant] = step
     result: dict[str, Any] = {
         "model": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
         "task": task.value,

@@ -1,0 +1,113 @@
+"""A ClientApp mod that lets only runs this hospital approved reach the handlers.
+
+A run is approved by the hash of its config and of the code that runs it
+(`consortia node approve RUN.toml`). Every message is checked: the run config carried by
+Flower must be approved, and the instructions in the message must be the ones that
+config implies (a server cannot send approved settings and train with others). Under
+Flower's simulation engine the coordinator runs every site itself: nothing to approve.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flwr.app import Context, Error, Message
+
+from consortia.client.node_audit import node_audit
+from consortia.client.site_context import is_simulated, site_settings
+from consortia.common import records as rk
+from consortia.common.approvals import ApprovalStore, RunNotApprovedError
+from consortia.common.audit_log import RUN_APPROVED, RUN_REFUSED, AuditLogError
+from consortia.common.errors import ConfigError
+from consortia.common.instructions import Instruction
+from consortia.common.record_fields import RecordFieldError, get_config_record
+from consortia.common.run_identity import RunIdentity
+from consortia.common.settings import RunSettings, run_settings_from_json
+
+__all__ = ["approval_mod", "instruction_mismatches"]
+
+logger = logging.getLogger("consortia.client")
+
+Handler = Callable[[Message, Context], Message]
+
+
+def instruction_mismatches(instruction: Instruction, settings: RunSettings) -> list[str]:
+    """The instruction fields that differ from what the approved settings imply."""
+    expected: dict[str, object] = {
+        "task": settings.task,
+        "model": settings.model.to_model_settings(),
+        "batch_size": settings.training.batch_size,
+        "dataset": settings.dataset,
+        "seed": settings.seed,
+        "total_rounds": settings.rounds,
+        "privacy": settings.privacy,
+    }
+    if instruction.local_epochs:  # a train message
+        expected["local_epochs"] = settings.training.local_epochs
+        expected["learning_rate"] = settings.training.learning_rate
+    return sorted(name for name, value in expected.items() if getattr(instruction, name) != value)
+
+
+def _refuse(msg: Message, reason: str) -> Message:
+    return Message(Error(code=rk.ERROR_NOT_APPROVED, reason=reason), reply_to=msg)
+
+
+def _check(msg: Message, context: Context) -> str | None:
+    """None when the message may be handled, else the reason to refuse it."""
+    site = site_settings(context)
+    settings = run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS]))
+    identity = RunIdentity.of(settings)
+    ApprovalStore.for_site(site).check(identity.config_hash, identity.app_hash)
+    config = msg.content.config_records.get(rk.CONFIG_KEY)
+    claimed = config.get(rk.CFG_APP_HASH) if config is not None else None
+    if isinstance(claimed, str) and claimed and claimed != identity.app_hash:
+        return (
+            f"the server runs other Consortia code (app {claimed[:12]}) than this site "
+            f"(app {identity.app_hash[:12]}); both must run the approved code"
+        )
+    category = msg.metadata.message_type.partition(".")[0]
+    has_instruction = config is not None and rk.CFG_MODEL_SETTINGS in config
+    if category in ("train", "evaluate") and has_instruction:
+        instruction = Instruction.from_config(get_config_record(msg.content, rk.CONFIG_KEY))
+        wrong = instruction_mismatches(instruction, settings)
+        if wrong:
+            return f"the message's instructions differ from the approved run: {', '.join(wrong)}"
+    return None
+
+
+def approval_mod(msg: Message, context: Context, call_next: Handler) -> Message:
+    """Refuse (error 4105) any message of a run this site has not approved."""
+    if is_simulated(context):
+        return call_next(msg, context)
+    try:
+        reason = _check(msg, context)
+    except RunNotApprovedError as err:
+        reason = str(err)
+    except (ConfigError, RecordFieldError) as err:
+        logger.error("cannot check the run's approval: %s", err)
+        reason = "the site cannot check this run's approval; see node log"
+    try:
+        audit = node_audit(context)
+    except AuditLogError as err:
+        logger.error("the node's audit log is damaged; refusing all work: %s", err)
+        return _refuse(msg, "the site's audit log is damaged; see node log")
+    if reason is not None:
+        logger.warning("refused %s message: %s", msg.metadata.message_type, reason)
+        audit.append(
+            RUN_REFUSED,
+            flower_run=msg.metadata.run_id,
+            kind=msg.metadata.message_type,
+            reason=reason,
+        )
+        return _refuse(msg, reason)
+    if msg.metadata.message_type.startswith("query"):
+        settings = run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS]))
+        identity = RunIdentity.of(settings)
+        audit.append(
+            RUN_APPROVED,
+            flower_run=msg.metadata.run_id,
+            config_hash=identity.config_hash,
+            app_hash=identity.app_hash,
+        )
+    return call_next(msg, context)
