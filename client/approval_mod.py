@@ -67,12 +67,25 @@ def _check(msg: Message, context: Context) -> str | None:
             f"(app {identity.app_hash[:12]}); both must run the approved code"
         )
     category = msg.metadata.message_type.partition(".")[0]
+    if category == "query" and config is not None:
+        asked = {"task": config.get(rk.CFG_TASK), "dataset": config.get(rk.CFG_DATASET)}
+        approved = {"task": settings.task.value, "dataset": settings.dataset}
+        wrong = sorted(key for key in asked if asked[key] != approved[key])
+        if wrong:
+            return f"the query asks for another {' and '.join(wrong)} than the approved run"
     has_instruction = config is not None and rk.CFG_MODEL_SETTINGS in config
     if category in ("train", "evaluate") and has_instruction:
         instruction = Instruction.from_config(get_config_record(msg.content, rk.CONFIG_KEY))
         wrong = instruction_mismatches(instruction, settings)
         if wrong:
             return f"the message's instructions differ from the approved run: {', '.join(wrong)}"
+        plain_train = msg.metadata.message_type == "train" and not instruction.secure
+        had_session = rk.SECAGG_STATE_KEY in context.state
+        if plain_train and (settings.secure_aggregation.mode == "on" or had_session):
+            return (
+                "the approved run aggregates securely; this site does not send a plain "
+                "update (no downgrade of secure aggregation)"
+            )
     return None
 
 

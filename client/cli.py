@@ -18,6 +18,7 @@ from consortia.common.audit_log import NODE_STARTED
 from consortia.common.processes import ProcessGroup, stop_on_sigterm
 from consortia.common.run_identity import app_hash
 from consortia.common.settings import load_site_settings
+from consortia.common.site_keys import load_site_private_key
 
 __all__ = ["register"]
 
@@ -36,6 +37,8 @@ def node_start(
     """Start this site's Flower SuperNode and executor; runs until Ctrl-C."""
     site = load_site_settings(site_config)
     site.node.check_connection_files(str(site_config))
+    if site.node.key is not None:
+        load_site_private_key(site.node.key)  # a wrong key file stops the node here, clearly
     check_server_connection(
         site.node.superlink, None if site.node.insecure else site.node.root_certificates
     )

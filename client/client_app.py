@@ -6,7 +6,9 @@ the site's data are logged here in full and reported to the server without file 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import struct
 import time
 import zlib
 
@@ -34,7 +36,13 @@ from consortia.client.privacy_budget import (
     plan_round,
     record_round,
 )
-from consortia.client.secagg_handlers import mask_update, secagg_keys, secagg_unmask
+from consortia.client.secagg_handlers import (
+    SecureRound,
+    mask_update,
+    open_round,
+    secagg_keys,
+    secagg_unmask,
+)
 from consortia.client.signing_mod import signing_mod
 from consortia.client.site_context import site_settings
 from consortia.client.site_data import SiteArrays
@@ -217,20 +225,21 @@ def _update(
     instruction: Instruction,
     weights: np.ndarray,
     num_examples: int,
+    opened: SecureRound | None,
     content: RecordDict,
 ) -> np.ndarray:
     """What the site returns: its weights, or under secure aggregation its weighted
     delta followed by its weight, masked (its encrypted shares go into `content`)."""
-    if not instruction.secure:
+    if opened is None:
         return weights
-    if instruction.weight_norm <= 0:
-        raise RecordFieldError(f"'{rk.CFG_WEIGHT_NORM}' must be positive")
     global_weights = get_array(get_array_record(msg.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY)
     weight = num_examples / instruction.weight_norm
     vector = np.empty(weights.size + 1, dtype=np.float32)
     vector[:-1] = (weights.astype(np.float64) - global_weights) * weight
     vector[-1] = weight
-    masked, shares, clipped = mask_update(msg, context, instruction.round, vector)
+    agreed = hashlib.sha256(np.ascontiguousarray(global_weights).tobytes())
+    agreed.update(struct.pack(">d", instruction.weight_norm))
+    masked, shares, clipped = mask_update(context, opened, vector, agreed.digest())
     content[rk.SECAGG_KEY] = shares
     if clipped:
         # Kept local: a per-site count would tell the server something about the update.
@@ -242,6 +251,21 @@ def _update(
     return masked
 
 
+def _open_secure_round(
+    msg: Message, context: Context, instruction: Instruction, num_train: int
+) -> SecureRound | None:
+    """Under secure aggregation, check everything masking needs before training."""
+    if not instruction.secure:
+        return None
+    if instruction.weight_norm < num_train:
+        # A site weighs itself by examples / weight_norm; the norm is the largest count.
+        raise RecordFieldError(
+            f"'{rk.CFG_WEIGHT_NORM}' {instruction.weight_norm} is below this site's "
+            f"{num_train} training examples"
+        )
+    return open_round(msg, context, instruction.round)
+
+
 def _train(msg: Message, context: Context, site: SiteSettings, instruction: Instruction) -> Message:
     if site.site.role is not Role.TRAIN:
         return _refuse(msg, ERROR_REFUSED, f"site {site.site.name} is a held-out site")
@@ -250,6 +274,7 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
     dataset = _dataset(site, instruction.dataset)
     train_data = dataset.load(instruction.task, ("train",))
     model, layout = _model(msg, instruction)
+    opened = _open_secure_round(msg, context, instruction, len(train_data))
     request = RoundRequest(
         run_id=instruction.run_id,
         round=instruction.round,
@@ -335,7 +360,7 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
         result.mean_loss,
     )
     weights = layout.flatten(model.cpu().state_dict())
-    update = _update(msg, context, instruction, weights, result.num_examples, content)
+    update = _update(msg, context, instruction, weights, result.num_examples, opened, content)
     content[rk.ARRAYS_KEY] = ArrayRecord({rk.WEIGHTS_ARRAY: Array(update)})
     content[rk.TRAIN_METRICS_KEY] = MetricRecord(
         {

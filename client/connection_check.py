@@ -65,3 +65,7 @@ def check_server_connection(address: str, ca: Path | None, *, timeout_s: float =
                 f"the server at {address} does not speak TLS ({err}); refusing a plaintext "
                 "connection (the coordinator must start the server without --insecure)"
             ) from None
+        except OSError as err:  # e.g. a timeout in the middle of the handshake
+            raise ConnectionCheckError(
+                f"the server at {address} did not complete a TLS handshake ({err})"
+            ) from None

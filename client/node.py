@@ -18,13 +18,16 @@ __all__ = ["default_state_dir", "start_node_processes", "supernode_args"]
 logger = logging.getLogger("consortia.client.node")
 
 # Flower's exit codes (flwr.common.exit.ExitCode) that a hospital's IT team meets.
-SUPERNODE_EXIT_HINTS = {
-    ExitCode.SUPERNODE_CONNECTION_ERROR: "the server did not accept this node: most often "
-    "its key is not registered there (the coordinator runs `consortia site register "
-    "SITE.pub`), or node.key is not the registered key's private half; the server's "
-    "log names the refused key",
-    ExitCode.SUPERNODE_NODE_AUTH_KEY_INVALID: "node.key cannot be read as the site's EC "
-    "private key in OpenSSH format (consortia certs site NAME)",
+SUPERNODE_LOG_HINTS = {
+    f"Exit Code: {ExitCode.SUPERNODE_CONNECTION_ERROR}": (
+        "the server did not accept this node: most often its key is not registered there "
+        "(the coordinator runs `consortia site register SITE.pub`), or node.key is not the "
+        "registered key's private half; the server's log names the refused key"
+    ),
+    f"Exit Code: {ExitCode.SUPERNODE_NODE_AUTH_KEY_INVALID}": (
+        "node.key cannot be read as the site's EC private key in OpenSSH format "
+        "(consortia certs site NAME)"
+    ),
 }
 
 
@@ -83,7 +86,7 @@ def start_node_processes(
             supernode_args(site, site_config, port),
             log_dir / "supernode.log",
             env=env,
-            exit_hints=SUPERNODE_EXIT_HINTS,
+            log_hints=SUPERNODE_LOG_HINTS,
         )
     )
     wait_for_port("127.0.0.1", port, startup_timeout_s, supernode)

@@ -154,14 +154,21 @@ class SecAggClient:
         _log.debug("node %d: secagg keys of %d neighbours", me, len(s.peers))
 
     def mask(
-        self, round_number: int, participants: Sequence[int], vector: npt.NDArray[np.float32]
+        self,
+        round_number: int,
+        participants: Sequence[int],
+        vector: npt.NDArray[np.float32],
+        *,
+        context: bytes = b"",
     ) -> tuple[npt.NDArray[np.uint32], dict[int, bytes], int]:
         """One round's masking (inside `train`).
 
         `participants` are the session's sites taking part in the round (this one
         included); `vector` is the float32 update (1-D, `vector_size` long, already
-        scaled). Returns the masked, quantised update (uint32), the encrypted shares for
-        each neighbour taking part (by destination) and how many values were clipped.
+        scaled); `context` is bound into the pairwise masks (what every site of the round
+        must have been told alike). Returns the masked, quantised update (uint32), the
+        encrypted shares for each neighbour taking part (by destination) and how many
+        values were clipped.
         """
         cfg, me, s = self.config, self.node_id, self._s
         where = f"node {me}: round {round_number}"
@@ -198,7 +205,9 @@ class SecAggClient:
         add_mask(masked, self_mask_key(seed, cfg.session, round_number, me))
         pair_keys: dict[int, bytes] = {}
         for node in near:
-            key = pair_mask_key(s.peers[node].pair_secret, cfg.session, round_number, me, node)
+            key = pair_mask_key(
+                s.peers[node].pair_secret, cfg.session, round_number, me, node, context=context
+            )
             if me < node:
                 add_mask(masked, key)
             else:

@@ -9,6 +9,9 @@ in Flower's per-run `context.state`, which never leaves this node.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
@@ -24,8 +27,9 @@ from consortia.common.secagg_wire import (
     encode_public_keys,
     encode_unmask_shares,
 )
+from consortia.common.settings import RunSettings, run_settings_from_json
 
-__all__ = ["mask_update", "secagg_keys", "secagg_unmask"]
+__all__ = ["SecureRound", "mask_update", "open_round", "secagg_keys", "secagg_unmask"]
 
 _FROM_SERVER = "the server"
 
@@ -47,21 +51,50 @@ def _reply(msg: Message, values: ConfigRecord) -> Message:
     return Message(RecordDict({rk.SECAGG_KEY: values}), reply_to=msg)
 
 
+def _check_session(config: SecAggConfig, settings: RunSettings) -> None:
+    """Refuse a session whose parameters are not those the approved run implies: the
+    server must not lower the threshold, change the clipping range or the neighbours, or
+    run a session too small for the sum to hide anyone."""
+    secure = settings.secure_aggregation
+    n = len(config.participants)
+    threshold, neighbours = secure.parameters_for(n)
+    minimum = secure.min_sites if secure.mode == "auto" else 2
+    problems = []
+    if n < minimum:
+        problems.append(f"{n} sites, the approved run needs at least {minimum}")
+    if config.threshold < threshold:
+        problems.append(f"threshold {config.threshold}, the approved run implies {threshold}")
+    if config.neighbours != neighbours:
+        problems.append(f"{config.neighbours} neighbours, the approved run implies {neighbours}")
+    if config.clip_range != secure.clip_range:
+        problems.append(f"clip range {config.clip_range}, approved {secure.clip_range}")
+    if problems:
+        raise SecAggError("session refused: " + "; ".join(problems))
+
+
 def secagg_keys(msg: Message, context: Context) -> Message:
     """Start a session: fresh key pairs for this run; answer the public halves."""
     config = SecAggConfig.from_config(
         dict(get_config_record(msg.content, rk.SECAGG_CONFIG_KEY).items())
     )
+    _check_session(config, run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS])))
     client, public_keys = SecAggClient.start(config, context.node_id)
     _save(context, client)
     return _reply(msg, ConfigRecord(encode_public_keys({context.node_id: public_keys})))
 
 
-def mask_update(
-    msg: Message, context: Context, round_number: int, vector: np.ndarray
-) -> tuple[np.ndarray, ConfigRecord, int]:
-    """Inside `train`: the update masked for this round (uint32), the encrypted shares to
-    send beside it, and how many values were clipped to the protocol's range."""
+@dataclass(frozen=True)
+class SecureRound:
+    """This site's session, ready to mask the update of one round (checked before the
+    site trains, so that no privacy budget is spent on a round it cannot send)."""
+
+    client: SecAggClient
+    round: int
+    participants: tuple[int, ...]
+
+
+def open_round(msg: Message, context: Context, round_number: int) -> SecureRound:
+    """The session and the round's participants from a secure `train` message."""
     client = _load(context)
     peers = decode_public_keys(get_config_record(msg.content, rk.SECAGG_PEERS_KEY), _FROM_SERVER)
     client.receive_keys(peers)
@@ -72,8 +105,24 @@ def mask_update(
         raise SecAggError(
             f"the secure-aggregation round {secure_round} is not the training round {round_number}"
         )
-    masked, ciphertexts, clipped = client.mask(round_number, participants, vector)
-    _save(context, client)
+    if context.node_id not in participants:
+        raise SecAggError("this site is not among the round's participants")
+    return SecureRound(client, round_number, tuple(sorted(participants)))
+
+
+def mask_update(
+    context: Context, opened: SecureRound, vector: np.ndarray, agreed: bytes
+) -> tuple[np.ndarray, ConfigRecord, int]:
+    """The update masked for this round (uint32), the encrypted shares to send beside it,
+    and how many values were clipped. `agreed` is a digest of what every site of the
+    round must have been told alike (global model, weight norm); the participants are
+    bound too, so inconsistent instructions yield a random sum, not a leak."""
+    binding = hashlib.sha256(agreed)
+    binding.update(b"participants:" + ",".join(map(str, opened.participants)).encode())
+    masked, ciphertexts, clipped = opened.client.mask(
+        opened.round, list(opened.participants), vector, context=binding.digest()
+    )
+    _save(context, opened.client)
     return masked, ConfigRecord(encode_ciphertexts(ciphertexts)), clipped
 
 

@@ -14,20 +14,15 @@ from consortia.client.site_context import site_settings
 from consortia.common import records as rk
 from consortia.common.audit_log import EVALUATION_SENT, UPDATE_SENT
 from consortia.common.record_digest import record_digest
+from consortia.common.record_fields import message_round
 from consortia.common.signing import SignedFields, sign
 from consortia.common.site_keys import load_site_private_key
 
-__all__ = ["message_round", "signing_mod"]
+__all__ = ["signing_mod"]
 
 logger = logging.getLogger("consortia.client")
 
 Handler = Callable[[Message, Context], Message]
-
-
-def message_round(msg: Message) -> int:
-    """The round a message belongs to (its group id; 0 for site discovery)."""
-    group = msg.metadata.group_id
-    return int(group) if group.isdigit() else 0
 
 
 def signing_mod(msg: Message, context: Context, call_next: Handler) -> Message:

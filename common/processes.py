@@ -112,8 +112,9 @@ class ManagedProcess:
     log_path: Path
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
-    # What an exit code means, for the person at the console (e.g. Flower's exit codes).
-    exit_hints: Mapping[int, str] = field(default_factory=dict)
+    # What a line in the log means, for the person at the console (e.g. Flower's exit
+    # codes, which its processes print but do not always return).
+    log_hints: Mapping[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -138,9 +139,9 @@ class ManagedProcess:
         """Raise with the tail of the log when the process has exited."""
         if self.popen is None or self.popen.poll() is None:
             return
-        tail = self.log_tail()
+        tail = self.log_tail(40)
         code = self.popen.returncode
-        hint = self.exit_hints.get(code)
+        hint = next((text for marker, text in self.log_hints.items() if marker in tail), None)
         raise ConsortiaError(
             (f"{self.name}: {hint}\n" if hint else "")
             + f"{self.name} exited with code {code}; log {self.log_path}:\n{tail}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from consortia.common.errors import ConsortiaError
 
@@ -23,6 +23,7 @@ __all__ = [
     "get_int",
     "get_metric_record",
     "get_str",
+    "message_round",
     "metric_floats",
     "metric_lists",
 ]
@@ -116,3 +117,9 @@ def metric_lists(record: MetricRecord) -> dict[str, list[float]]:
             raise RecordFieldError(f"'{key}' must be a list of numbers")
         result[key] = [float(item) for item in value]
     return result
+
+
+def message_round(message: Message) -> int:
+    """The round a message belongs to: its group id (0 for site discovery)."""
+    group = message.metadata.group_id
+    return int(group) if group.isdigit() else 0

@@ -96,14 +96,22 @@ def sum_error_bound(clip_range: float, n: int, active: int) -> float:
 
 
 def derive_key(
-    secret: bytes, purpose: str, session: int, round_number: int, *node_ids: int
+    secret: bytes,
+    purpose: str,
+    session: int,
+    round_number: int,
+    *node_ids: int,
+    context: bytes = b"",
 ) -> bytes:
-    """A 32-byte key: HKDF-SHA256 of `secret`, bound to purpose, session, round and nodes."""
+    """A 32-byte key: HKDF-SHA256 of `secret`, bound to purpose, session, round, nodes
+    and an optional `context` (e.g. a digest of what the round's sites must agree on)."""
     if len(secret) < 16:
         raise SecAggError("a mask secret must be at least 16 bytes")
     numbers = struct.pack(">QQ", session, round_number)
     info = b"|".join([PROTOCOL.encode(), purpose.encode(), numbers])
     info += b"".join(struct.pack(">Q", node) for node in node_ids)
+    if context:
+        info += b"|" + struct.pack(">I", len(context)) + context
     hkdf = HKDF(algorithm=hashes.SHA256(), length=MASK_KEY_BYTES, salt=None, info=info)
     return hkdf.derive(secret)
 
@@ -114,11 +122,19 @@ def self_mask_key(seed: bytes, session: int, round_number: int, node_id: int) ->
 
 
 def pair_mask_key(
-    ecdh_secret: bytes, session: int, round_number: int, node_a: int, node_b: int
+    ecdh_secret: bytes,
+    session: int,
+    round_number: int,
+    node_a: int,
+    node_b: int,
+    *,
+    context: bytes = b"",
 ) -> bytes:
-    """The key of the pairwise mask of two nodes in a round (the same whichever way round)."""
+    """The key of the pairwise mask of two nodes in a round (the same whichever way
+    round). Two sites derive the same key only if they got the same `context`: a server
+    that tells sites different things (weights, participants, model) gets a random sum."""
     low, high = sorted((node_a, node_b))
-    return derive_key(ecdh_secret, "pair-mask", session, round_number, low, high)
+    return derive_key(ecdh_secret, "pair-mask", session, round_number, low, high, context=context)
 
 
 def mask_stream(key: bytes, size: int) -> npt.NDArray[np.uint32]:

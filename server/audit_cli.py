@@ -33,10 +33,10 @@ from consortia.common.provenance import (
     read_provenance,
     write_provenance,
 )
+from consortia.common.site_keys import load_site_private_key
 from consortia.server.audit_verify import (
     VerifyReport,
     load_ca_certificate,
-    load_site_private_key,
     parse_site_keys,
     verify_path,
 )

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from consortia.common.audit_log import (
@@ -30,6 +28,7 @@ from consortia.common.audit_log import (
     server_log_label,
     verify_audit_log,
 )
+from consortia.common.certificates import check_is_ca, load_certificate
 from consortia.common.files import sha256_file
 from consortia.common.provenance import (
     PROVENANCE_FILE,
@@ -38,14 +37,13 @@ from consortia.common.provenance import (
     structure_problems,
     verify_provenance,
 )
+from consortia.common.site_keys import load_site_public_key
 from consortia.server.run_folder import CHECKPOINT_DIR, RESULTS_FILE
 
 __all__ = [
     "VERIFY_SCHEMA",
     "VerifyReport",
     "load_ca_certificate",
-    "load_site_private_key",
-    "load_site_public_key",
     "parse_site_keys",
     "verify_path",
 ]
@@ -94,39 +92,10 @@ class VerifyReport:
 
 
 def load_ca_certificate(path: Path) -> x509.Certificate:
-    """The consortium CA's certificate (PEM)."""
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except OSError as err:
-        raise ProvenanceError(f"{path}: cannot read ({err.strerror})") from None
-    except ValueError:
-        raise ProvenanceError(f"{path}: not a PEM certificate") from None
-
-
-def load_site_public_key(path: Path) -> ec.EllipticCurvePublicKey:
-    """A site's registered public key (OpenSSH format, `ecdsa-sha2-nistp384 ...`)."""
-    try:
-        key = serialization.load_ssh_public_key(path.read_bytes())
-    except OSError as err:
-        raise ProvenanceError(f"{path}: cannot read ({err.strerror})") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise ProvenanceError(f"{path}: not an OpenSSH public key") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ProvenanceError(f"{path}: not an EC (ecdsa-sha2-nistp384) public key")
-    return key
-
-
-def load_site_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """A site's private key (OpenSSH format, unencrypted)."""
-    try:
-        key = serialization.load_ssh_private_key(path.read_bytes(), None)
-    except OSError as err:
-        raise ProvenanceError(f"{path}: cannot read ({err.strerror})") from None
-    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise ProvenanceError(f"{path}: not an unencrypted OpenSSH private key ({err})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ProvenanceError(f"{path}: not an EC (ecdsa-sha2-nistp384) private key")
-    return key
+    """The consortium CA's certificate (PEM); `PKIError` naming the file otherwise."""
+    certificate = load_certificate(path)
+    check_is_ca(certificate, path)
+    return certificate
 
 
 def parse_site_keys(specs: Sequence[str]) -> dict[str, ec.EllipticCurvePublicKey]:
@@ -180,9 +149,11 @@ def _check_provenance(
     problems = verify_provenance(document, ca_cert=ca_cert, site_keys=site_keys)
     report.problems.extend(f"{name}: {problem}" for problem in problems)
     if ca_cert is None:
-        report.notes.append(
-            f"{name}: the server certificate was not checked against the consortium CA "
-            "(pass --ca CA.pem to check who signed)"
+        # Without the CA, anyone could have rewritten the log and signed a new provenance
+        # with a certificate of their own: the content cannot be called intact.
+        report.problems.append(
+            f"{name}: who signed it is unknown: the server certificate was not checked "
+            "against the consortium CA (pass --ca CA.pem)"
         )
     if not any(signer.startswith("site:") for signer in report.signers):
         report.notes.append(f"{name}: no site has countersigned it")

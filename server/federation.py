@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
@@ -88,13 +89,16 @@ class Federation:
         )
         self.sites: dict[int, Site] = {}
         self.model_settings = settings.model.to_model_settings()
-        model = build_model(self.model_settings)
+        with torch.random.fork_rng():
+            torch.manual_seed(settings.seed)  # the run's seed fixes the initial model too
+            model = build_model(self.model_settings)
         self.layout = WeightLayout.of(model.state_dict())
         self.layout_fingerprint = self.layout.fingerprint()
         self.initial_weights = self.layout.flatten(model.state_dict())
         self.privacy = RunPrivacy(settings)
         self.central: CentralPrivacy | None = None
         self.secure: SecureAggregator | None = None
+        self.secure_on = False  # decided once, from the training sites that joined
         if settings.secure_aggregation.mode != "off":
             stage_timeout = settings.secure_aggregation.stage_timeout_s
             self.secure = SecureAggregator(
@@ -403,9 +407,12 @@ class Federation:
         replies: Mapping[int, Message],
         trainers: Sequence[Site],
         secure: SecureAggregator | None = None,
+        not_asked: Sequence[Site] = (),
     ) -> np.ndarray:
         masked_size = None if secure is None else secure.vector_size
         accepted, rejected = self._collect(round_number, weights, replies, trainers, masked_size)
+        for site in not_asked:
+            rejected[site.name] = "could not take part in this round's secure aggregation"
         refused_all = bool(trainers) and all(s.name in self.privacy.excluded for s in trainers)
         if not accepted and not refused_all and secure is None:
             raise FederationError(f"round {round_number}: no usable update ({rejected})")
@@ -480,7 +487,7 @@ class Federation:
         """Under secure aggregation: the SecAgg+ records of each trainer's train message
         (a new session first when needed); None for a plain round. When too few sites can
         take part, the round trains nobody (an empty dict) and the model stays."""
-        if self.secure is None or not self.settings.secure_aggregation_for(len(trainers)):
+        if self.secure is None or not self.secure_on:
             return None
         try:
             return self.secure.prepare(
@@ -494,9 +501,29 @@ class Federation:
             self.folder.event("secure_aggregation_failed", round=round_number, reason=str(err))
             return {}
 
+    def _decide_secure_aggregation(self) -> None:
+        """Secure aggregation is decided once per run, from the training sites that
+        joined, and never downgraded in a later round (a round that cannot aggregate
+        securely fails instead)."""
+        trainers = sum(site.role is Role.TRAIN for site in self.sites.values())
+        self.secure_on = self.secure is not None and self.settings.secure_aggregation_for(trainers)
+        mode = self.settings.secure_aggregation.mode
+        if self.secure_on:
+            reason = f"mode {mode!r}, {trainers} training sites"
+        elif mode != "off" and self.settings.central_privacy.enabled:
+            reason = "central privacy clips each site's update at the server"
+        elif mode == "off":
+            reason = "mode 'off'"
+        else:
+            reason = f"{trainers} training site(s), fewer than min_sites"
+        logger.info("secure aggregation %s (%s)", "on" if self.secure_on else "off", reason)
+        self.folder.results["secure_aggregation"] = {"enabled": self.secure_on, "reason": reason}
+        self.folder.save()
+
     def run(self) -> np.ndarray:
         """Discover sites, run every round, evaluate the final model; returns its weights."""
         self.discover_sites()
+        self._decide_secure_aggregation()
         if self.settings.central_privacy.enabled:
             self.central = CentralPrivacy(
                 self.settings.central_privacy,
@@ -536,7 +563,14 @@ class Federation:
                 weight_norm=0.0 if secure is None else secure.weight_norm,
             )
             self._record_evaluation(round_number - 1, replies)
-            weights = self._aggregate(round_number, weights, replies, trainers, secure)
+            weights = self._aggregate(
+                round_number,
+                weights,
+                replies,
+                asked,
+                secure,
+                not_asked=[site for site in trainers if site not in asked],
+            )
             duration = time.monotonic() - started
             self.folder.update_round(
                 round_number,

@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Message
 
 from consortia.common import records as rk
 from consortia.common.record_digest import record_digest
-from consortia.common.record_fields import RecordFieldError, get_config_record
+from consortia.common.record_fields import RecordFieldError, get_config_record, message_round
 from consortia.common.signing import ReplayGuard, SignatureError, SignedFields, new_nonce, verify
 from consortia.server.site_registry import SiteRegistry, SiteRegistryError
 
@@ -28,11 +28,6 @@ _Key = tuple[int, str, str]
 def _key(message: Message) -> _Key:
     meta = message.metadata
     return (meta.dst_node_id, meta.message_type, meta.group_id)
-
-
-def _round(message: Message) -> int:
-    group = message.metadata.group_id
-    return int(group) if group.isdigit() else 0
 
 
 def signer_of(reply: Message) -> str | None:
@@ -85,8 +80,14 @@ class ReplyVerifier:
                     f"node {node_id} is registered as site {name!r} but signed as {claimed!r}"
                 )
             return name
-        if self.registry.get(claimed) is None:
+        entry = self.registry.get(claimed)
+        if entry is None:
             raise SignatureError(f"site {claimed!r} (node {node_id}) is not registered")
+        if entry.flower_node_id is not None and entry.flower_node_id != node_id:
+            raise SignatureError(
+                f"site {claimed!r} is registered as node {entry.flower_node_id}, "
+                f"but node {node_id} signed as it"
+            )
         return claimed
 
     def verify(self, request: Message, reply: Message) -> VerifiedReply:
@@ -120,7 +121,7 @@ class ReplyVerifier:
             raise SignatureError(f"{fields.describe()} carries no signature bytes")
         verify(public_key, fields, signature)
         self._guard.check(fields, expected)
-        round_number = _round(request)
+        round_number = message_round(request)
         if fields.round != round_number:
             raise SignatureError(
                 f"{fields.describe()}: signed for round {fields.round}, not {round_number}"

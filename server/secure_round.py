@@ -21,7 +21,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from consortia.common import records as rk
 from consortia.common.record_fields import RecordFieldError, get_config_record
-from consortia.common.secagg_config import SecAggConfig, SecAggError, default_threshold
+from consortia.common.secagg_config import SecAggConfig, SecAggError
 from consortia.common.secagg_wire import (
     decode_public_keys,
     decode_unmask_shares,
@@ -62,15 +62,11 @@ class SecureAggregator:
         self.setup_dropped: list[int] = []
 
     def _config(self, nodes: Sequence[int]) -> SecAggConfig:
-        n = len(nodes)
-        neighbours = min(self.settings.neighbours or n - 1, n - 1)
-        threshold = max(
-            default_threshold(n, neighbours), int(np.ceil(self.settings.threshold * n - 1e-9))
-        )
+        threshold, neighbours = self.settings.parameters_for(len(nodes))
         return SecAggConfig(
             session=secrets.randbits(63),
             participants=tuple(sorted(nodes)),
-            threshold=min(threshold, neighbours + 1),
+            threshold=threshold,
             neighbours=neighbours,
             clip_range=self.settings.clip_range,
             vector_size=self.vector_size,

@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from consortia.common import records as rk
 from consortia.common.audit_log import RUN_FAILED, RUN_FINISHED, RUN_STARTED
+from consortia.common.certificates import load_server_key
 from consortia.common.errors import ConsortiaError
 from consortia.common.logs import add_file_handler, setup_logging
 from consortia.common.run_identity import RunIdentity, app_hash_details
@@ -48,6 +49,8 @@ def main(grid: Grid, context: Context) -> None:
         raise ConsortiaError(f"run config: {rk.RUN_CONFIG_RUN_NAME}: invalid run name")
     folder_path = runs_dir() / run_name
     security = ServerSecurity.from_env()
+    if security is not None:
+        load_server_key(security.key)  # fail now, not when the provenance is signed
     identity = RunIdentity.of(settings)
     protection = {
         "tls": security is not None,

@@ -4,31 +4,15 @@ authentication, through its Control API), which answers with the site's node id.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from consortia.common.errors import ConsortiaError
 from consortia.server.site_registry import RegisteredSite, SiteRegistry
-from consortia.server.submit import SuperLinkConnection
+from consortia.server.submit import SuperLinkConnection, flwr_json
 
 __all__ = ["register_site", "unregister_site"]
 
 logger = logging.getLogger("consortia.server")
-
-
-def _flwr_json(connection: SuperLinkConnection, *args: str) -> dict[str, object]:
-    result = connection.flwr(*args, "--format", "json", timeout=60)
-    start = result.stdout.find("{")
-    try:
-        payload: dict[str, object] = json.loads(result.stdout[start:]) if start >= 0 else {}
-    except json.JSONDecodeError:
-        payload = {}
-    if result.returncode != 0 or not payload.get("success"):
-        detail = str(payload.get("error-message") or result.stderr or result.stdout).strip()
-        detail = detail.split("\n", 1)[-1].strip()  # drop Flower's "Using SuperLink" line
-        raise ConsortiaError(f"the SuperLink at {connection.address} refused: {detail}")
-    return payload
 
 
 def register_site(
@@ -44,7 +28,9 @@ def register_site(
     if entry.flower_node_id is not None and not replace:
         logger.info("site %s was already registered (node %d)", name, entry.flower_node_id)
         return entry
-    payload = _flwr_json(connection, "supernode", "register", str(public_key), "--name", name)
+    payload = flwr_json(
+        connection, "supernode", "register", str(public_key), "--name", name, what="the key"
+    )
     node_id = int(str(payload["node-id"]))
     logger.info("site %s registered: node %d, key %s", name, node_id, entry.fingerprint)
     return registry.record_flower_node(name, node_id)
@@ -57,5 +43,7 @@ def unregister_site(
     the registry (its signatures no longer verify)."""
     entry = registry.get(name)
     if entry is not None and entry.flower_node_id is not None:
-        _flwr_json(connection, "supernode", "unregister", str(entry.flower_node_id))
+        flwr_json(
+            connection, "supernode", "unregister", str(entry.flower_node_id), what="the removal"
+        )
     return registry.unregister(name)

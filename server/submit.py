@@ -23,6 +23,7 @@ from consortia.common.settings import RunSettings
 __all__ = [
     "APP_COMPONENTS",
     "SuperLinkConnection",
+    "flwr_json",
     "stop_run",
     "stream_logs",
     "submit_run",
@@ -132,6 +133,26 @@ class SuperLinkConnection:
         )
 
 
+def flwr_json(
+    connection: SuperLinkConnection, *args: str, what: str, timeout: float = 120
+) -> dict[str, object]:
+    """Run `flwr ARGS --format json` and return its JSON answer; `ConsortiaError` saying
+    what the SuperLink refused (`what`) when the command fails."""
+    result = connection.flwr(*args, "--format", "json", timeout=timeout)
+    payload: dict[str, object] = {}
+    start = result.stdout.find("{")
+    if start >= 0:
+        try:
+            payload = json.loads(result.stdout[start:])
+        except json.JSONDecodeError:
+            payload = {}
+    if result.returncode != 0 or not payload.get("success"):
+        detail = str(payload.get("error-message") or result.stderr or result.stdout).strip()
+        detail = detail.split("\n", 1)[-1].strip()[-2000:]  # drop "Using SuperLink: ..."
+        raise ConsortiaError(f"the SuperLink at {connection.address} refused {what}: {detail}")
+    return payload
+
+
 def submit_run(
     app_dir: Path,
     connection: SuperLinkConnection,
@@ -145,19 +166,7 @@ def submit_run(
     if federation_config:
         pairs = " ".join(f"{key}={json.dumps(value)}" for key, value in federation_config.items())
         overrides = ["--federation-config", pairs]
-    result = connection.flwr("run", str(app_dir), "--format", "json", *overrides, timeout=120)
-    payload: dict[str, object] = {}
-    start = result.stdout.find("{")
-    if start >= 0:
-        try:
-            payload = json.loads(result.stdout[start:])
-        except json.JSONDecodeError:
-            payload = {}
-    if result.returncode != 0 or not payload.get("success"):
-        detail = (result.stderr or result.stdout).strip()[-2000:]
-        raise ConsortiaError(
-            f"the SuperLink at {connection.address} did not accept the run: {detail}"
-        )
+    payload = flwr_json(connection, "run", str(app_dir), *overrides, what="the run")
     run_id = int(str(payload["run-id"]))
     logger.info("run submitted to %s (Flower run %d)", connection.address, run_id)
     return run_id

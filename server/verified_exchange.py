@@ -1,7 +1,8 @@
 """Message exchange with the sites in which every reply is signature-checked and audited.
 
 Each request gets a fresh nonce; each reply is recorded in the run's audit log as
-received (with the SHA-256 of its content) and then verified or rejected. A rejected
+received (with the SHA-256 of its content) and then verified or rejected (a reply that
+cannot even be read is rejected too: one site must not stop the run). A rejected
 reply is dropped as if the site had not answered, with the reason kept for the results.
 """
 
@@ -18,6 +19,7 @@ from flwr.serverapp import Grid
 from consortia.common import records as rk
 from consortia.common.audit_log import UPDATE_RECEIVED, UPDATE_REJECTED, UPDATE_VERIFIED
 from consortia.common.record_digest import record_digest
+from consortia.common.record_fields import message_round
 from consortia.common.signing import SignatureError
 from consortia.server.messaging import exchange
 from consortia.server.reply_verifier import ReplyVerifier
@@ -26,11 +28,6 @@ from consortia.server.run_folder import RunFolder
 __all__ = ["VerifiedExchange"]
 
 logger = logging.getLogger("consortia.server")
-
-
-def _round(message: Message) -> int:
-    group = message.metadata.group_id
-    return int(group) if group.isdigit() else 0
 
 
 class VerifiedExchange:
@@ -59,6 +56,11 @@ class VerifiedExchange:
     def _who(self, node_id: int) -> str:
         return self.names.get(node_id, f"node {node_id}")
 
+    def _reject(self, node_id: int, who: str, reason: str, where: dict[str, object]) -> None:
+        self.rejected[node_id] = reason
+        logger.warning("%s rejected: %s", who, reason)
+        self.folder.event(UPDATE_REJECTED, site=who, reason=reason, **where)
+
     def __call__(
         self,
         messages: Sequence[Message],
@@ -81,25 +83,29 @@ class VerifiedExchange:
             if reply.has_error():
                 kept[node_id] = reply
                 continue
-            self.upload_bytes[_round(request)] += recorddict_to_proto(reply.content).ByteSize()
-            where = {"round": _round(request), "kind": kind, "node_id": node_id}
-            if not self.verifier.enabled:
+            self.upload_bytes[message_round(request)] += recorddict_to_proto(
+                reply.content
+            ).ByteSize()
+            where = {"round": message_round(request), "kind": kind, "node_id": node_id}
+            who = self._who(node_id)
+            try:
                 digest = record_digest(reply.content)
-                self.folder.event(UPDATE_RECEIVED, site=self._who(node_id), sha256=digest, **where)
+            except SignatureError as err:
+                self._reject(node_id, who, str(err), where)
+                continue
+            self.folder.event(UPDATE_RECEIVED, site=who, sha256=digest, **where)
+            if not self.verifier.enabled:
                 kept[node_id] = reply
                 continue
             try:
                 verified = self.verifier.verify(request, reply)
             except SignatureError as err:
-                self.rejected[node_id] = str(err)
-                logger.warning("%s rejected: %s", self._who(node_id), err)
-                self.folder.event(
-                    UPDATE_REJECTED, site=self._who(node_id), reason=str(err), **where
-                )
+                self._reject(node_id, who, str(err), where)
                 continue
-            self.folder.event(
-                UPDATE_VERIFIED, site=verified.site, sha256=verified.digest, signed=True, **where
-            )
+            except Exception as err:  # a malformed reply must not stop the run
+                self._reject(node_id, who, f"unreadable reply: {err}", where)
+                continue
+            self.folder.event(UPDATE_VERIFIED, site=verified.site, sha256=verified.digest, **where)
             node_audit = reply.content.config_records.get(rk.NODE_AUDIT_KEY)
             head = node_audit.get(rk.NODE_AUDIT_HEAD) if node_audit is not None else None
             if isinstance(head, str):

@@ -29,6 +29,7 @@ class CliFederation:
 
     def __init__(self, root: Path, *, secure: bool = True) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.superlink = f"127.0.0.1:{self.port}"
         self.runs = root / "runs"

@@ -137,6 +137,9 @@ def _drop_last_lines(path: Path, count: int) -> None:
 
 def test_intact_run_folder(layout: Layout) -> None:
     code, output = _invoke("verify", layout.run)
+    assert code == 1, output  # without the CA nobody can say who signed the provenance
+    assert "pass --ca CA.pem" in output
+    code, output = _invoke("verify", layout.run, "--ca", layout.ca)
     assert code == 0, output
     assert "INTACT" in output and "signed by server" in output
     code, report = _verify(layout.run, "--ca", layout.ca)
@@ -179,7 +182,10 @@ def test_countersign_then_verify_with_registered_keys(layout: Layout) -> None:
     )
     assert code == 1 and "site site-a has already countersigned" in output
     code, report = _verify(
-        layout.run, *layout.site_key_args(**{"site-a": "site-b", "site-b": "site-b"})
+        layout.run,
+        "--ca",
+        layout.ca,
+        *layout.site_key_args(**{"site-a": "site-b", "site-b": "site-b"}),
     )
     assert code == 1 and report["problems"] == [
         "provenance.json: countersignature of site site-a: signed with a key other than the "
@@ -190,9 +196,9 @@ def test_countersign_then_verify_with_registered_keys(layout: Layout) -> None:
 def test_edited_audit_record(layout: Layout) -> None:
     log = layout.run / "audit.jsonl"
     log.write_text(log.read_text().replace('"role": "holdout"', '"role": "train"'))
-    code, output = _invoke("verify", layout.run)
+    code, output = _invoke("verify", layout.run, "--ca", layout.ca)
     assert code == 1 and "ALTERED OR DAMAGED" in output
-    code, report = _verify(layout.run)
+    code, report = _verify(layout.run, "--ca", layout.ca)
     assert report["problems"] == [
         "audit.jsonl: line 4 (seq 3, site_joined): content does not match its hash (record edited)"
     ]
@@ -200,7 +206,7 @@ def test_edited_audit_record(layout: Layout) -> None:
 
 def test_truncated_server_log(layout: Layout) -> None:
     _drop_last_lines(layout.run / "audit.jsonl", 2)
-    code, report = _verify(layout.run)
+    code, report = _verify(layout.run, "--ca", layout.ca)
     assert code == 1 and len(report["problems"]) == 2
     assert "the log ends at" in report["problems"][0] and "truncated tail" in report["problems"][0]
     assert report["problems"][1] == "provenance.json: records 12 audit records, audit.jsonl has 10"
@@ -209,7 +215,7 @@ def test_truncated_server_log(layout: Layout) -> None:
 def test_altered_checkpoint_and_model_hash(layout: Layout) -> None:
     (layout.run / "checkpoints" / "round-001.pt").write_bytes(b"another model")
     (layout.run / "checkpoints" / "round-002.pt").unlink()
-    code, report = _verify(layout.run)
+    code, report = _verify(layout.run, "--ca", layout.ca)
     assert code == 1 and report["problems"] == [
         "checkpoints/round-001.pt: its SHA-256 differs from the provenance's "
         "global_model_sha256 (the checkpoint was replaced or altered)"
@@ -239,12 +245,12 @@ def test_tampered_provenance_and_wrong_ca(layout: Layout, tmp_path: Path) -> Non
 def test_run_folder_without_provenance(layout: Layout) -> None:
     layout.provenance.unlink()
     _drop_last_lines(layout.run / "audit.jsonl", 2)  # undetectable without provenance
-    code, report = _verify(layout.run)
+    code, report = _verify(layout.run, "--ca", layout.ca)
     assert code == 0 and report["provenance"] is None
     assert report["notes"][0].startswith("no provenance.json: the run did not finish")
     node_log = (layout.node / "audit.jsonl").read_bytes()
     (layout.run / "audit.jsonl").write_bytes(node_log)  # another party's log
-    code, report = _verify(layout.run)
+    code, report = _verify(layout.run, "--ca", layout.ca)
     assert code == 1 and report["problems"] == [
         "audit.jsonl: labelled 'node:site-a', not a server run log"
     ]
@@ -259,7 +265,7 @@ def test_node_state_folder(layout: Layout) -> None:
     _drop_last_lines(layout.node / "audit.jsonl", 3)  # back to before round 2's update
     code, report = _verify(layout.node)
     assert code == 0  # the limit: a node log's lost tail needs a record kept elsewhere
-    code, report = _verify(layout.node, "--provenance", layout.provenance)
+    code, report = _verify(layout.node, "--provenance", layout.provenance, "--ca", layout.ca)
     assert code == 1 and len(report["problems"]) == 1
     assert "recorded in the provenance of run run-7 is not in the log" in report["problems"][0]
 
@@ -268,11 +274,11 @@ def test_single_log_file(layout: Layout) -> None:
     log = layout.run / "audit.jsonl"
     code, report = _verify(log)
     assert code == 0 and report["kind"] == "audit log"
-    code, report = _verify(log, "--provenance", layout.provenance)
+    code, report = _verify(log, "--provenance", layout.provenance, "--ca", layout.ca)
     assert code == 0, report["problems"]
     _drop_last_lines(log, 1)
     assert _verify(log)[0] == 0
-    code, report = _verify(log, "--provenance", layout.provenance)
+    code, report = _verify(log, "--provenance", layout.provenance, "--ca", layout.ca)
     assert code == 1 and "truncated tail" in report["problems"][0]
 
 
@@ -289,7 +295,7 @@ def test_unreadable_input(layout: Layout, tmp_path: Path) -> None:
     code, output = _invoke(
         "countersign", layout.provenance, "--site-key", layout.keys["site-a"][1], "--site", "site-a"
     )
-    assert code == 2 and "not an unencrypted OpenSSH private key" in output
+    assert code == 2 and "not an OpenSSH private key" in output
     code, output = _invoke(
         "countersign",
         tmp_path / "none.json",

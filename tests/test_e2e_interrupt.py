@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from consortia.server.run_folder import EVENTS_FILE
 from tests.processes import flower_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -40,7 +41,7 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     deadline = time.monotonic() + 300
     started = False
     while time.monotonic() < deadline and demo.poll() is None:
-        events = list(tmp_path.glob("demo-*/events.jsonl"))
+        events = list(tmp_path.glob(f"demo-*/{EVENTS_FILE}"))
         if events and '"round_started"' in events[0].read_text():
             started = True
             break

@@ -17,6 +17,7 @@ from PIL import Image
 from consortia.client.data.dataset import SiteDataset
 from consortia.client.data.deidentify import deidentify_tree
 from consortia.common.demo_data import DemoDataSettings, write_site_npz
+from consortia.server.run_folder import EVENTS_FILE
 from tests.cli_federation import CLI, CliFederation
 from tests.dicom_factory import write_series
 
@@ -131,10 +132,10 @@ def test_manifest_data_sets_train_and_phi_is_refused(
     )
     assert results["status"] == "completed"
     assert {s["name"] for s in results["sites"]} == {"north", "south", "east"}
-    events = [json.loads(line) for line in (results["dir"] / "events.jsonl").open()]
+    events = [json.loads(line) for line in (results["dir"] / EVENTS_FILE).open()]
     refused = [e for e in events if e["event"] == "site_refused"]
     assert len(refused) == 1 and "site data unusable" in refused[0]["reason"]
-    assert "MRN-" not in (results["dir"] / "events.jsonl").read_text()
+    assert "MRN-" not in (results["dir"] / EVENTS_FILE).read_text()
     rounds = {entry["round"]: entry for entry in results["rounds"]}
     assert rounds[2]["participants"] == ["north", "south"]
     assert rounds[2]["train"]["north"]["examples"] == CASES - 4

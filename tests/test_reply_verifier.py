@@ -14,6 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from consortia.client.signing_mod import signing_mod
 from consortia.common import records as rk
+from consortia.common.record_digest import record_digest
 from consortia.common.signing import SignatureError
 from consortia.common.site_keys import create_site_key
 from consortia.server.reply_verifier import ReplyVerifier
@@ -186,3 +187,28 @@ def test_insecure_verifier_stamps_nothing() -> None:
     verifier.stamp(request)
     assert rk.CFG_NONCE not in request.content[rk.CONFIG_KEY]
     assert not verifier.enabled
+
+
+def test_registered_site_signing_from_another_node_is_refused(world: World) -> None:
+    verifier, _, a, _ = world
+    request = _request(1, node=99)  # a node id the registry does not know
+    verifier.stamp(request)
+    with pytest.raises(SignatureError, match="registered as node 17"):
+        verifier.verify(request, _signed_reply(request, a, node=99))
+
+
+def test_unreadable_array_is_a_signature_error_not_a_crash() -> None:
+    broken = Array(dtype="float32", shape=(4,), stype="numpy.ndarray", data=b"not numpy")
+    content = RecordDict({rk.ARRAYS_KEY: ArrayRecord({rk.WEIGHTS_ARRAY: broken})})
+    with pytest.raises(SignatureError, match="unreadable array"):
+        record_digest(content)
+
+
+def test_digest_tells_record_kinds_and_names_apart() -> None:
+    as_metrics = RecordDict({"r": MetricRecord({"x": 1.0})})
+    as_config = RecordDict({"r": ConfigRecord({"x": 1.0})})
+    assert record_digest(as_metrics) != record_digest(as_config)
+    arrays = Array(np.zeros(2, dtype=np.float32))
+    nested = RecordDict({"a/b": ArrayRecord({"c": arrays})})
+    flat = RecordDict({"a": ArrayRecord({"b/c": arrays})})
+    assert record_digest(nested) != record_digest(flat)

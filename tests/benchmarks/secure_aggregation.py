@@ -17,6 +17,7 @@ masking, the server's unmasking), to separate cryptography from message latency.
 JSON::
 
     python tests/benchmarks/secure_aggregation.py --sites 4 8 --output secure_aggregation.json
+    python tests/benchmarks/secure_aggregation.py --sites 4 --dp --cases 960 --output sa-dp.json
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _summary(run_dir: Path, sites: int) -> dict[str, Any]:
     }
 
 
-def run_pair(sites: int, rounds: int, cases: int, output: Path) -> dict[str, Any]:
+def run_pair(sites: int, rounds: int, cases: int, output: Path, *, dp: bool) -> dict[str, Any]:
     """A secure and a plain run with `sites` training sites; their summaries."""
     quiet = Console(quiet=True)
     out: dict[str, Any] = {}
@@ -74,10 +75,10 @@ def run_pair(sites: int, rounds: int, cases: int, output: Path) -> dict[str, Any
             rounds=rounds,
             sites=sites,
             holdout_sites=0,
-            dp=False,
+            dp=dp,
             train_cases=cases,
             test_cases=8,
-            batch_size=32,
+            batch_size=64 if dp else 32,
             secure_aggregation=mode == "secure",
             output=output / f"{sites}-{mode}",
         )
@@ -143,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sites", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--cases", type=int, default=256, help="training cases per site")
+    parser.add_argument(
+        "--dp", action="store_true", help="DP-SGD at the sites (the demo's realistic load)"
+    )
     parser.add_argument("--output", type=Path, default=Path("secure_aggregation.json"))
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
     args = parser.parse_args(argv)
@@ -159,14 +163,14 @@ def main(argv: list[str] | None = None) -> None:
             "setup": {
                 "rounds": args.rounds,
                 "cases_per_site": args.cases,
-                "batch_size": 32,
-                "dp": False,
+                "batch_size": 64 if args.dp else 32,
+                "dp": args.dp,
                 "image_size": 64,
             },
             "results": {},
         }
         for sites in args.sites:
-            entry = run_pair(sites, args.rounds, args.cases, output)
+            entry = run_pair(sites, args.rounds, args.cases, output, dp=args.dp)
             entry["protocol"] = protocol_timings(sites, vector_size + 1)
             report["results"][str(sites)] = entry
             args.output.write_text(json.dumps(report, indent=2), encoding="utf-8")
