@@ -506,16 +506,18 @@ class Federation:
         joined, and never downgraded in a later round (a round that cannot aggregate
         securely fails instead)."""
         trainers = sum(site.role is Role.TRAIN for site in self.sites.values())
-        self.secure_on = self.secure is not None and self.settings.secure_aggregation_for(trainers)
+        # What counts is how many sites each round sums over (sites_per_round may sample).
+        per_round = min(self.settings.sites_per_round or trainers, trainers)
+        self.secure_on = self.secure is not None and self.settings.secure_aggregation_for(per_round)
         mode = self.settings.secure_aggregation.mode
         if self.secure_on:
-            reason = f"mode {mode!r}, {trainers} training sites"
+            reason = f"mode {mode!r}, {per_round} training sites per round"
         elif mode != "off" and self.settings.central_privacy.enabled:
             reason = "central privacy clips each site's update at the server"
         elif mode == "off":
             reason = "mode 'off'"
         else:
-            reason = f"{trainers} training site(s), fewer than min_sites"
+            reason = f"{per_round} training site(s) per round, fewer than min_sites"
         logger.info("secure aggregation %s (%s)", "on" if self.secure_on else "off", reason)
         self.folder.results["secure_aggregation"] = {"enabled": self.secure_on, "reason": reason}
         self.folder.save()

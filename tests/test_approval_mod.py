@@ -1,0 +1,122 @@
+"""The approval mod with real site files, approvals and Flower messages: an approved run
+reaches the handler; an unapproved one, a query for another data set, an instruction
+that differs from the approved run, and a plain update after a secure session are
+refused with error 4105."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from consortia.client.approval_mod import approval_mod
+from consortia.common import records as rk
+from consortia.common.approvals import ApprovalStore
+from consortia.common.instructions import Instruction
+from consortia.common.run_identity import app_hash
+from consortia.common.settings import RunSettings, load_site_settings
+
+SETTINGS = RunSettings(name="study")
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> Iterator[None]:
+    previous = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id = 9
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
+
+
+@pytest.fixture()
+def site(tmp_path: Path) -> Path:
+    np.savez(tmp_path / "data.npz", x=np.zeros(1))
+    config = tmp_path / "site.toml"
+    config.write_text(
+        '[site]\nname = "a"\n[data]\npath = "data.npz"\n[node]\ninsecure = true\n'
+        'state_dir = "state"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+def _context(site: Path, settings: RunSettings = SETTINGS) -> Context:
+    return Context(
+        run_id=9,
+        node_id=3,
+        node_config={rk.NODE_CONFIG_SITE_CONFIG: str(site)},
+        state=RecordDict(),
+        run_config={rk.RUN_CONFIG_SETTINGS: settings.to_json()},
+    )
+
+
+def _handled(msg: Message, context: Context) -> Message:
+    return Message(RecordDict({"handled": ConfigRecord({"ok": True})}), reply_to=msg)
+
+
+def _query(dataset: str = "") -> Message:
+    config = ConfigRecord(
+        {rk.CFG_TASK: SETTINGS.task.value, rk.CFG_DATASET: dataset, rk.CFG_APP_HASH: app_hash()}
+    )
+    return Message(RecordDict({rk.CONFIG_KEY: config}), dst_node_id=3, message_type="query")
+
+
+def _train(**changes: object) -> Message:
+    fields: dict[str, object] = {
+        "round": 1,
+        "run_name": SETTINGS.name,
+        "task": SETTINGS.task,
+        "model": SETTINGS.model.to_model_settings(),
+        "layout_fingerprint": "x",
+        "batch_size": SETTINGS.training.batch_size,
+        "surface_metrics": False,
+        "local_epochs": SETTINGS.training.local_epochs,
+        "learning_rate": SETTINGS.training.learning_rate,
+        "seed": SETTINGS.seed,
+        "total_rounds": SETTINGS.rounds,
+        "privacy": SETTINGS.privacy,
+        "app_hash": app_hash(),
+    } | changes
+    instruction = Instruction(**fields)  # type: ignore[arg-type]
+    content = RecordDict({rk.CONFIG_KEY: instruction.to_config()})
+    return Message(content, dst_node_id=3, message_type="train", group_id="1")
+
+
+def _approve(site: Path) -> None:
+    ApprovalStore.for_site(load_site_settings(site)).approve(SETTINGS, by="test")
+
+
+def test_unapproved_run_is_refused_and_approved_run_handled(site: Path) -> None:
+    reply = approval_mod(_query(), _context(site), _handled)
+    assert reply.has_error() and reply.error.code == rk.ERROR_NOT_APPROVED
+    assert "not approved at this site" in str(reply.error.reason)
+    _approve(site)
+    assert not approval_mod(_query(), _context(site), _handled).has_error()
+    assert not approval_mod(_train(), _context(site), _handled).has_error()
+
+
+def test_query_for_another_data_set_is_refused(site: Path) -> None:
+    _approve(site)
+    reply = approval_mod(_query(dataset="other"), _context(site), _handled)
+    assert reply.has_error() and "another dataset" in str(reply.error.reason)
+
+
+def test_instructions_that_differ_from_the_approved_run_are_refused(site: Path) -> None:
+    _approve(site)
+    reply = approval_mod(_train(learning_rate=0.5, batch_size=3), _context(site), _handled)
+    assert reply.has_error()
+    assert "batch_size, learning_rate" in str(reply.error.reason)
+
+
+def test_no_plain_update_after_a_secure_session(site: Path) -> None:
+    _approve(site)
+    context = _context(site)
+    context.state[rk.SECAGG_STATE_KEY] = ConfigRecord({"stage": "started"})
+    reply = approval_mod(_train(secure=False), context, _handled)
+    assert reply.has_error() and "no downgrade" in str(reply.error.reason)
+    assert not approval_mod(_train(secure=True, weight_norm=10.0), context, _handled).has_error()
