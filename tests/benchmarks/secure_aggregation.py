@@ -66,7 +66,9 @@ def _summary(run_dir: Path, sites: int) -> dict[str, Any]:
     }
 
 
-def run_pair(sites: int, rounds: int, cases: int, output: Path, *, dp: bool) -> dict[str, Any]:
+def run_pair(
+    sites: int, rounds: int, cases: int, output: Path, *, dp: bool, epochs: int = 1
+) -> dict[str, Any]:
     """A secure and a plain run with `sites` training sites; their summaries."""
     quiet = Console(quiet=True)
     out: dict[str, Any] = {}
@@ -76,6 +78,7 @@ def run_pair(sites: int, rounds: int, cases: int, output: Path, *, dp: bool) -> 
             sites=sites,
             holdout_sites=0,
             dp=dp,
+            local_epochs=epochs,
             train_cases=cases,
             test_cases=8,
             batch_size=64 if dp else 32,
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dp", action="store_true", help="DP-SGD at the sites (the demo's realistic load)"
     )
+    parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     parser.add_argument("--output", type=Path, default=Path("secure_aggregation.json"))
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
     args = parser.parse_args(argv)
@@ -165,12 +169,13 @@ def main(argv: list[str] | None = None) -> None:
                 "cases_per_site": args.cases,
                 "batch_size": 64 if args.dp else 32,
                 "dp": args.dp,
+                "local_epochs": args.epochs,
                 "image_size": 64,
             },
             "results": {},
         }
         for sites in args.sites:
-            entry = run_pair(sites, args.rounds, args.cases, output, dp=args.dp)
+            entry = run_pair(sites, args.rounds, args.cases, output, dp=args.dp, epochs=args.epochs)
             entry["protocol"] = protocol_timings(sites, vector_size + 1)
             report["results"][str(sites)] = entry
             args.output.write_text(json.dumps(report, indent=2), encoding="utf-8")
