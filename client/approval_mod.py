@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from flwr.app import Context, Error, Message
 
-from consortia.client.node_audit import node_audit
+from consortia.client.node_audit import node_audit_for
 from consortia.client.site_context import is_simulated, site_settings
 from consortia.common import records as rk
 from consortia.common.approvals import ApprovalStore, RunNotApprovedError
@@ -23,7 +23,7 @@ from consortia.common.errors import ConfigError
 from consortia.common.instructions import Instruction
 from consortia.common.record_fields import RecordFieldError, get_config_record
 from consortia.common.run_identity import RunIdentity
-from consortia.common.settings import RunSettings, run_settings_from_json
+from consortia.common.settings import RunSettings, SiteSettings, run_settings_from_json
 
 __all__ = ["approval_mod", "instruction_mismatches"]
 
@@ -53,11 +53,14 @@ def _refuse(msg: Message, reason: str) -> Message:
     return Message(Error(code=rk.ERROR_NOT_APPROVED, reason=reason), reply_to=msg)
 
 
-def _check(msg: Message, context: Context) -> str | None:
+def _check(
+    msg: Message,
+    context: Context,
+    site: SiteSettings,
+    settings: RunSettings,
+    identity: RunIdentity,
+) -> str | None:
     """None when the message may be handled, else the reason to refuse it."""
-    site = site_settings(context)
-    settings = run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS]))
-    identity = RunIdentity.of(settings)
     ApprovalStore.for_site(site).check(identity.config_hash, identity.app_hash)
     config = msg.content.config_records.get(rk.CONFIG_KEY)
     claimed = config.get(rk.CFG_APP_HASH) if config is not None else None
@@ -93,15 +96,22 @@ def approval_mod(msg: Message, context: Context, call_next: Handler) -> Message:
     """Refuse (error 4105) any message of a run this site has not approved."""
     if is_simulated(context):
         return call_next(msg, context)
+    site: SiteSettings | None = None
+    identity: RunIdentity | None = None
     try:
-        reason = _check(msg, context)
+        site = site_settings(context)
+        settings = run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS]))
+        identity = RunIdentity.of(settings)
+        reason = _check(msg, context, site, settings, identity)
     except RunNotApprovedError as err:
         reason = str(err)
     except (ConfigError, RecordFieldError) as err:
         logger.error("cannot check the run's approval: %s", err)
         reason = "the site cannot check this run's approval; see node log"
+    if site is None:  # no site config to read: no audit log to write either
+        return _refuse(msg, str(reason))
     try:
-        audit = node_audit(context)
+        audit = node_audit_for(site)
     except AuditLogError as err:
         logger.error("the node's audit log is damaged; refusing all work: %s", err)
         return _refuse(msg, "the site's audit log is damaged; see node log")
@@ -114,9 +124,7 @@ def approval_mod(msg: Message, context: Context, call_next: Handler) -> Message:
             reason=reason,
         )
         return _refuse(msg, reason)
-    if msg.metadata.message_type.startswith("query"):
-        settings = run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS]))
-        identity = RunIdentity.of(settings)
+    if msg.metadata.message_type.startswith("query") and identity is not None:
         audit.append(
             RUN_APPROVED,
             flower_run=msg.metadata.run_id,

@@ -3,21 +3,13 @@ across runs (what it approved or refused, each update it sent, its privacy spend
 
 from __future__ import annotations
 
-from flwr.app import Context
-
-from consortia.client.site_context import site_settings
 from consortia.common.audit_log import AUDIT_LOG_FILE, AuditLog, node_log_label
 from consortia.common.settings import SiteSettings
 
-__all__ = ["node_audit", "node_audit_for"]
+__all__ = ["node_audit_for"]
 
 
 def node_audit_for(site: SiteSettings) -> AuditLog:
     """The audit log of `site`'s node (created on first use)."""
     site.state_path.mkdir(parents=True, exist_ok=True)
     return AuditLog.open(site.state_path / AUDIT_LOG_FILE, node_log_label(site.site.name))
-
-
-def node_audit(context: Context) -> AuditLog:
-    """The audit log of the node this ClientApp invocation serves."""
-    return node_audit_for(site_settings(context))

@@ -90,8 +90,9 @@ class ReplyVerifier:
             )
         return claimed
 
-    def verify(self, request: Message, reply: Message) -> VerifiedReply:
-        """The registered signer of `reply`; raises `SignatureError` saying why not."""
+    def verify(self, request: Message, reply: Message, digest: str | None = None) -> VerifiedReply:
+        """The registered signer of `reply`; raises `SignatureError` saying why not.
+        `digest`: the reply's `record_digest`, when the caller computed it already."""
         if self.registry is None:
             raise SignatureError("signature checks are off on this server")
         node_id = request.metadata.dst_node_id
@@ -112,7 +113,7 @@ class ReplyVerifier:
                 node_id=node_id,
                 nonce=str(record.get(rk.SIG_NONCE, "")),
                 site=self._registered_name(node_id, claimed),
-                digest=record_digest(reply.content),
+                digest=digest or record_digest(reply.content),
             )
             public_key = self.registry.public_key(fields.site)
         except (RecordFieldError, SiteRegistryError) as err:

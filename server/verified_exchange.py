@@ -98,7 +98,7 @@ class VerifiedExchange:
                 kept[node_id] = reply
                 continue
             try:
-                verified = self.verifier.verify(request, reply)
+                verified = self.verifier.verify(request, reply, digest)
             except SignatureError as err:
                 self._reject(node_id, who, str(err), where)
                 continue
