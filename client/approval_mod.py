@@ -46,6 +46,7 @@ def instruction_mismatches(instruction: Instruction, settings: RunSettings) -> l
     if instruction.local_epochs:  # a train message
         expected["local_epochs"] = settings.training.local_epochs
         expected["learning_rate"] = settings.training.learning_rate
+        expected["proximal_mu"] = settings.strategy.proximal_mu
     return sorted(name for name, value in expected.items() if getattr(instruction, name) != value)
 
 

@@ -12,10 +12,10 @@ from consortia.client.approve_cli import approvals, approve, revoke
 from consortia.client.connection_check import check_server_connection
 from consortia.client.data.dataset import SiteDataset
 from consortia.client.data_cli import data_app
-from consortia.client.node import start_node_processes, supervise
+from consortia.client.node import run_node
 from consortia.client.node_audit import node_audit_for
 from consortia.common.audit_log import NODE_STARTED
-from consortia.common.processes import ProcessGroup, stop_on_sigterm
+from consortia.common.processes import stop_on_sigterm
 from consortia.common.run_identity import app_hash
 from consortia.common.settings import load_site_settings
 from consortia.common.site_keys import load_site_private_key
@@ -47,14 +47,10 @@ def node_start(
         SiteDataset.open(data.path, cache_dir=site.cache_dir)
     node_audit_for(site).append(NODE_STARTED, version=version("consortia"), app_hash=app_hash())
     stop_on_sigterm()
-    with ProcessGroup() as group:
-        start_node_processes(
-            group, site, site_config, runtime_port=runtime_port, num_threads=num_threads
-        )
-        try:
-            supervise(group)
-        except KeyboardInterrupt:
-            typer.echo("stopping node")
+    try:
+        run_node(site, site_config, runtime_port=runtime_port, num_threads=num_threads)
+    except KeyboardInterrupt:
+        typer.echo("stopping node")
 
 
 node_app.command("approve")(approve)

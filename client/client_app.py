@@ -36,6 +36,14 @@ from consortia.client.privacy_budget import (
     plan_round,
     record_round,
 )
+from consortia.client.release_cache import (
+    RELEASES_DIR,
+    Release,
+    ReleaseCache,
+    ReleaseCacheError,
+    kept_release,
+    model_sha256,
+)
 from consortia.client.secagg_handlers import (
     SecureRound,
     mask_update,
@@ -150,6 +158,9 @@ def _guarded(handler_name: str, msg: Message, context: Context) -> Message:
         if handler_name == "train":
             return _train(msg, context, site, instruction)
         return _evaluate_handler(msg, site, instruction)
+    except ReleaseCacheError as err:
+        logger.error("round refused: %s", err)
+        return _refuse(msg, ERROR_REFUSED, str(err))
     except SecAggError as err:
         logger.error("secure aggregation: %s", err)
         return _refuse(msg, ERROR_SECAGG, f"secure aggregation: {err}")
@@ -286,11 +297,17 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
     fingerprint = dataset.fingerprint
     path = ledger_path(site.ledger_dir, fingerprint)
     content = RecordDict()
+    start = model_sha256(get_array(get_array_record(msg.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY))
+    releases = ReleaseCache(site.state_path / RELEASES_DIR)
+    weights: np.ndarray | None = None
     # The lock spans plan, training and the ledger write: two runs on this data set at
     # once cannot both spend the same remaining budget.
     with ledger_lock(path):
         ledger = PrivacyLedger.open(path, fingerprint, site.site.name)
-        dp_round = plan_round(site.privacy, ledger, request, len(train_data))
+        # A round already in the ledger (the server crashed and resumed) is answered with
+        # the update released then: no second training, no second ledger entry.
+        kept = kept_release(releases, ledger, request.run_id, request.round, start)
+        dp_round = None if kept else plan_round(site.privacy, ledger, request, len(train_data))
         eval_s = 0.0
         if instruction.evaluate_first:
             evaluated = _evaluate(
@@ -300,7 +317,17 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
             eval_s = evaluated.compute_s
         prepared_s = time.perf_counter() - started - eval_s
         result: TrainResult
-        if dp_round is None:
+        if kept is not None:
+            examples = int(kept.metrics[rk.M_NUM_EXAMPLES])
+            result = TrainResult(examples, kept.metrics[rk.M_TRAIN_LOSS], 0.0)
+            weights = kept.weights
+            content[rk.PRIVACY_KEY] = ConfigRecord(kept.privacy)
+            logger.warning(
+                "round %d was trained for this run before the server restarted; sending the "
+                "same update again (no new privacy cost)",
+                instruction.round,
+            )
+        elif dp_round is None:
             result = train_local(
                 model,
                 train_data,
@@ -310,6 +337,7 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
                 learning_rate=instruction.learning_rate,
                 seed=_seed(instruction, site),
                 device=device,
+                proximal_mu=instruction.proximal_mu,
             )
         else:
             result, spend = train_local_dp(
@@ -321,9 +349,22 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
                 learning_rate=instruction.learning_rate,
                 device=device,
                 dp=dp_round,
+                proximal_mu=instruction.proximal_mu,
             )
             entry = record_round(ledger, path, request, spend, result.num_examples)
             content[rk.PRIVACY_KEY] = _privacy_record(spend, entry.run_epsilon)
+            weights = layout.flatten(model.cpu().state_dict())
+            metrics = {rk.M_NUM_EXAMPLES: result.num_examples, rk.M_TRAIN_LOSS: result.mean_loss}
+            releases.save(
+                request.run_id,
+                Release(
+                    instruction.round,
+                    start,
+                    weights,
+                    metrics,
+                    dict(content.config_records[rk.PRIVACY_KEY]),
+                ),
+            )
             node_audit_for(site).append(
                 PRIVACY_SPENT,
                 flower_run=msg.metadata.run_id,
@@ -359,7 +400,8 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
         time.perf_counter() - started,
         result.mean_loss,
     )
-    weights = layout.flatten(model.cpu().state_dict())
+    if weights is None:
+        weights = layout.flatten(model.cpu().state_dict())
     update = _update(msg, context, instruction, weights, result.num_examples, opened, content)
     content[rk.ARRAYS_KEY] = ArrayRecord({rk.WEIGHTS_ARRAY: Array(update)})
     content[rk.TRAIN_METRICS_KEY] = MetricRecord(

@@ -29,7 +29,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from consortia.client.dp_engine import make_private_step, resolve_mode
 from consortia.client.site_data import SiteArrays
-from consortia.client.trainer import TrainResult, loss_function, normalize_images
+from consortia.client.trainer import (
+    ProximalTerm,
+    TrainResult,
+    loss_function,
+    normalize_images,
+)
 from consortia.common.device import autocast
 from consortia.common.privacy_accounting import HistoryEntry, epsilon_of, make_accountant
 from consortia.common.privacy_settings import Accountant
@@ -81,16 +86,22 @@ def train_local_dp(
     learning_rate: float,
     device: torch.device,
     dp: DPRound,
+    proximal_mu: float = 0.0,
 ) -> tuple[TrainResult, DPSpend]:
     """`epochs` epochs of DP-SGD (Adam on the privatized gradients) on the training split;
     `model` holds the trained weights afterwards (a plain module: same state_dict keys,
-    no hooks)."""
+    no hooks). With `proximal_mu` > 0, FedProx's term around the entry weights adds its
+    gradient after clipping and noise (`ProximalTerm`): same privacy spend."""
     if len(data) == 0:
         raise ValueError("the training split is empty")
     resolve_mode(model, dp.grad_sample_mode)  # an unknown mode fails before any work
     torch.manual_seed(secrets.randbits(63))  # Poisson sampling and noise: unpredictable
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    # A step pre-hook of the wrapped optimizer: it runs after Opacus' DPOptimizer has
+    # clipped, noised and averaged the data gradient (DPOptimizer.step -> pre_step ->
+    # original_optimizer.step), for every engine and for empty Poisson batches alike.
+    ProximalTerm(model, proximal_mu).attach(optimizer)
     dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(data.targets))
     # No seeded generator (unlike `trainer`'s loader): Opacus' Poisson sampler inherits
     # the loader's generator, and the batches must not be predictable from the run seed.

@@ -5,15 +5,24 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.supercore.exit.exit_code import ExitCode
 
 from consortia.common import records as rk
+from consortia.common.errors import ConsortiaError
 from consortia.common.processes import ManagedProcess, ProcessGroup, process_env, wait_for_port
 from consortia.common.settings import SiteSettings
 
-__all__ = ["default_state_dir", "start_node_processes", "supernode_args"]
+__all__ = ["default_state_dir", "run_node", "start_node_processes", "supernode_args"]
+
+# After a crash, the server keeps a node "online" until it misses two heartbeats (Flower:
+# 2 x 30 s) and refuses to activate it again before; a restarted node retries this long.
+REJOIN_WINDOW_S = 90.0
+REJOIN_RETRY_S = 5.0
+STABLE_AFTER_S = 15.0  # a node up this long was let in: remember it for rejoins
+ACTIVATED_FILE = "activated"
 
 logger = logging.getLogger("consortia.client.node")
 
@@ -112,8 +121,55 @@ def start_node_processes(
     return log_dir
 
 
-def supervise(group: ProcessGroup, poll_s: float = 1.0) -> None:
-    """Block until a process of the node exits (an error) or Ctrl-C."""
+def supervise(
+    group: ProcessGroup, poll_s: float = 1.0, on_stable: Callable[[], None] | None = None
+) -> None:
+    """Block until a process of the node exits (an error) or Ctrl-C; `on_stable` is
+    called once the node has run `STABLE_AFTER_S` seconds."""
+    stable_at = time.monotonic() + STABLE_AFTER_S
     while True:
         group.check_alive()
+        if on_stable is not None and time.monotonic() > stable_at:
+            on_stable()
+            on_stable = None
         time.sleep(poll_s)
+
+
+def run_node(
+    site: SiteSettings,
+    site_config: Path,
+    *,
+    runtime_port: int | None = None,
+    num_threads: int | None = None,
+) -> None:
+    """Start and supervise the node until Ctrl-C or a failure. A node that was let in
+    before and is refused right after a restart (the server still counts its previous
+    session as connected) retries for up to `REJOIN_WINDOW_S`; a key that was never let
+    in fails at once."""
+    marker = default_state_dir(site) / ACTIVATED_FILE
+    refused = f"Exit Code: {ExitCode.SUPERNODE_CONNECTION_ERROR}"
+    deadline = time.monotonic() + REJOIN_WINDOW_S
+
+    def remember() -> None:
+        marker.write_text(site.node.superlink, encoding="utf-8")
+
+    while True:
+        with ProcessGroup() as group:
+            start_node_processes(
+                group, site, site_config, runtime_port=runtime_port, num_threads=num_threads
+            )
+            try:
+                supervise(group, on_stable=remember)
+                return
+            except ConsortiaError as err:
+                address = marker.read_text(encoding="utf-8") if marker.is_file() else ""
+                known = address == site.node.superlink
+                if not known or refused not in str(err) or time.monotonic() > deadline:
+                    raise
+        logger.warning(
+            "the server does not let this node in yet: it still counts the node's session "
+            "from before this restart as connected (until two heartbeats are missed, about "
+            "a minute); retrying in %.0f s",
+            REJOIN_RETRY_S,
+        )
+        time.sleep(REJOIN_RETRY_S)

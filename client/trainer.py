@@ -1,7 +1,16 @@
-"""Local training and evaluation at a site: plain PyTorch on the site's arrays."""
+"""Local training and evaluation at a site: plain PyTorch on the site's arrays.
+
+FedProx (`ProximalTerm`): the local objective gains ``mu/2 * ||w - w_global||^2`` over
+the trainable float parameters; its gradient ``mu * (w - w_global)`` is added to each
+parameter's gradient just before the optimizer updates it (a step pre-hook on the torch
+optimizer). Under DP-SGD that is after Opacus has clipped, noised and averaged the data
+gradient: the term depends on no example, so it uses no clipping budget and changes no
+privacy accounting.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -10,6 +19,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.hooks import RemovableHandle
 
 from consortia.client.site_data import SiteArrays
 from consortia.common.device import autocast
@@ -21,6 +31,7 @@ from consortia.common.settings import Task
 
 __all__ = [
     "EvalResult",
+    "ProximalTerm",
     "TrainResult",
     "evaluate_local",
     "loss_function",
@@ -73,6 +84,46 @@ def loss_function(task: Task) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
+class ProximalTerm:
+    """FedProx's ``mu/2 * ||w - w_global||^2``, anchored at the model's weights when made
+    (the global model the round starts from). Covers the trainable floating-point
+    parameters only (buffers such as normalisation statistics are not parameters)."""
+
+    def __init__(self, model: nn.Module, mu: float) -> None:
+        if not math.isfinite(mu) or mu < 0:
+            raise ValueError(f"proximal_mu must be a finite number >= 0, got {mu}")
+        self.mu = float(mu)
+        # mu = 0: no term, and no copy of the weights either.
+        self._pairs = [
+            (parameter, parameter.detach().clone())
+            for parameter in model.parameters()
+            if self.mu > 0 and parameter.requires_grad and parameter.is_floating_point()
+        ]
+
+    @torch.no_grad()
+    def value(self) -> float:
+        """The term's current value."""
+        total = sum(
+            float((parameter - anchor).float().square().sum()) for parameter, anchor in self._pairs
+        )
+        return 0.5 * self.mu * total
+
+    @torch.no_grad()
+    def add_gradient(self) -> None:
+        """Add ``mu * (w - w_global)`` to every gradient present (a parameter without one
+        is left to the optimizer, which skips it)."""
+        for parameter, anchor in self._pairs:
+            if parameter.grad is not None:
+                difference = parameter.detach() - anchor
+                parameter.grad.add_(difference.to(parameter.grad.dtype), alpha=self.mu)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
+        """Add the gradient at the start of each `optimizer.step()` (after Opacus' clipping
+        and noise when `optimizer` is the one a DPOptimizer wraps). The hook lives as long
+        as `optimizer`; the returned handle removes it earlier."""
+        return optimizer.register_step_pre_hook(lambda *_: self.add_gradient())
+
+
 def _loader(data: SiteArrays, batch_size: int, shuffle: bool, seed: int) -> DataLoader[tuple]:
     dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(data.targets))
     generator = torch.Generator().manual_seed(seed)
@@ -89,13 +140,17 @@ def train_local(
     learning_rate: float,
     seed: int,
     device: torch.device,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
-    """Run `epochs` local epochs of Adam on the site's training split."""
+    """Run `epochs` local epochs of Adam on the site's training split; with `proximal_mu`
+    > 0 the objective adds FedProx's term around the weights `model` holds on entry
+    (`ProximalTerm`). `mean_loss` is the task loss alone."""
     if len(data) == 0:
         raise ValueError("the training split is empty")
     torch.manual_seed(seed)
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    ProximalTerm(model, proximal_mu).attach(optimizer)  # on the weights of the round start
     loss_fn = loss_function(task)
     loader = _loader(data, batch_size, shuffle=True, seed=seed)
     start = time.perf_counter()

@@ -39,6 +39,7 @@ __all__ = [
     "AuditLogError",
     "AuditReport",
     "ChainChecker",
+    "audit_hashes",
     "parse_line",
     "read_audit_log",
     "shared_lock",
@@ -235,6 +236,12 @@ def _read_bytes(path: Path) -> bytes:
         raise AuditLogError(f"{path}: is a folder, not an audit log file")
     with shared_lock(path) as fd, os.fdopen(os.dup(fd), "rb") as handle:
         return handle.read()
+
+
+def audit_hashes(path: Path) -> set[str]:
+    """The hashes of every readable record of an audit log (e.g. to check that a head
+    stored elsewhere, such as in a run's checkpoint, is still in the log)."""
+    return {str(r[HASH_FIELD]) for r in verify_audit_log(path).records if HASH_FIELD in r}
 
 
 def verify_audit_log(

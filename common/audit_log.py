@@ -73,9 +73,11 @@ __all__ = [
     "RUN_REFUSED",
     "RUN_RESUMED",
     "RUN_STARTED",
+    "RUN_STOPPED",
     "SITE_JOINED",
     "SITE_LEFT_OUT",
     "SITE_REFUSED",
+    "SITE_REJOINED",
     "TORN_TAIL_SET_ASIDE",
     "UPDATE_RECEIVED",
     "UPDATE_REJECTED",
@@ -99,6 +101,7 @@ RUN_STARTED = "run_started"  # run_id, run_name, config_hash, app_hash
 RUN_RESUMED = "run_resumed"  # from_round, checkpoint_head (the head stored in the checkpoint)
 SITE_JOINED = "site_joined"  # site, role, dataset_fingerprint
 SITE_REFUSED = "site_refused"  # site, reason (not registered, policy, version ...)
+SITE_REJOINED = "site_rejoined"  # site, node_id (a site back after a restart or outage)
 ROUND_STARTED = "round_started"  # round, sites
 UPDATE_RECEIVED = "update_received"  # round, site, sha256 (of the update as received)
 UPDATE_VERIFIED = "update_verified"  # round, site (signature checked)
@@ -110,6 +113,7 @@ CHECKPOINT_SAVED = "checkpoint_saved"  # round, checkpoint, sha256
 PRIVACY_SPENT = "privacy_spent"  # round, site, epsilon, delta, ... (both sides)
 RUN_FINISHED = "run_finished"  # status, rounds
 RUN_FAILED = "run_failed"  # error
+RUN_STOPPED = "run_stopped"  # round, reason (quorum lost; resumable)
 # Node side (one log per node, across runs).
 NODE_STARTED = "node_started"  # version, app_hash
 RUN_APPROVED = "run_approved"  # run_id, config_hash, app_hash

@@ -7,6 +7,7 @@ The server builds an `Instruction` and sends `to_config()`; the site parses it b
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 from flwr.app import ConfigRecord
@@ -60,6 +61,8 @@ class Instruction:
     secure: bool = False
     # Sites weigh their update by examples / weight_norm (secure aggregation only).
     weight_norm: float = 0.0
+    # FedProx: weight of the proximal term mu/2 * ||w - w_global||^2 in local training.
+    proximal_mu: float = 0.0
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord(
@@ -82,6 +85,7 @@ class Instruction:
                 rk.CFG_APP_HASH: self.app_hash,
                 rk.CFG_SECURE: self.secure,
                 rk.CFG_WEIGHT_NORM: self.weight_norm,
+                rk.CFG_PROXIMAL_MU: self.proximal_mu,
             }
         )
 
@@ -118,4 +122,12 @@ class Instruction:
             app_hash=get_str(config, rk.CFG_APP_HASH),
             secure=get_bool(config, rk.CFG_SECURE),
             weight_norm=get_float(config, rk.CFG_WEIGHT_NORM),
+            proximal_mu=_proximal_mu(config),
         )
+
+
+def _proximal_mu(config: ConfigRecord) -> float:
+    mu = get_float(config, rk.CFG_PROXIMAL_MU)
+    if not math.isfinite(mu) or mu < 0:
+        raise RecordFieldError(f"'{rk.CFG_PROXIMAL_MU}' must be a finite number >= 0, got {mu}")
+    return mu

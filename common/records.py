@@ -23,6 +23,7 @@ __all__ = [
     "CFG_MODEL_SETTINGS",
     "CFG_NONCE",
     "CFG_PRIVACY_SETTINGS",
+    "CFG_PROXIMAL_MU",
     "CFG_ROUND",
     "CFG_RUN_ID",
     "CFG_RUN_NAME",
@@ -61,6 +62,7 @@ __all__ = [
     "P_RUN_EPSILON",
     "P_SAMPLE_RATE",
     "P_STEPS",
+    "RUN_CONFIG_RESUME",
     "RUN_CONFIG_RUN_NAME",
     "RUN_CONFIG_SETTINGS",
     "RUN_CONFIG_SIMULATION_SITES",
@@ -96,6 +98,8 @@ NODE_CONFIG_SITE_CONFIG: Final = "site-config"
 RUN_CONFIG_SETTINGS: Final = "consortia-settings"
 RUN_CONFIG_RUN_NAME: Final = "consortia-run-name"
 RUN_CONFIG_SIMULATION_SITES: Final = "consortia-simulation-sites"
+# "true": continue the run folder of this run name from its last completed round.
+RUN_CONFIG_RESUME: Final = "consortia-resume"
 
 # Node config that Flower's simulation engine gives each simulated SuperNode.
 NODE_CONFIG_PARTITION_ID: Final = "partition-id"
@@ -187,6 +191,8 @@ SECAGG_PEERS_KEY: Final = "secagg-peers"
 SECAGG_ROUND_KEY: Final = "secagg-round"
 CFG_SECURE: Final = "secure-aggregation"
 CFG_WEIGHT_NORM: Final = "weight-norm"
+# FedProx: weight of the proximal term mu/2 * ||w - w_global||^2 in local training.
+CFG_PROXIMAL_MU: Final = "proximal-mu"
 
 # The head of the node's own audit log, in every signed reply (anchors the node's log in
 # the run's signed provenance).

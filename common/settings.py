@@ -24,6 +24,7 @@ from consortia.common.privacy_settings import (
     SamplePrivacySettings,
 )
 from consortia.common.security_settings import SecureAggregationSettings
+from consortia.common.strategy_settings import StrategySettings, ValidationSettings
 
 __all__ = [
     "DataSettings",
@@ -106,6 +107,12 @@ class RunSettings(_Strict):
     seed: int = 0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     round_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
+    # A round needs updates from this fraction of the training sites it asked (at least
+    # one site); fewer by round_timeout_s, or fewer sites connected within
+    # connect_timeout_s, and the run stops with status "stopped" (resumable).
+    quorum: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    # Once the quorum has answered, wait at most this long for the other sites.
+    straggler_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     surface_metrics: Literal["final", "every_round"] = "final"
     # Which of a site's data sets to use (`[datasets.<name>]`); empty: its `[data]`.
     dataset: Annotated[str, Field(pattern=r"^$|" + _NAME_PATTERN)] = ""
@@ -114,6 +121,8 @@ class RunSettings(_Strict):
     privacy: SamplePrivacySettings = SamplePrivacySettings()
     central_privacy: CentralPrivacySettings = CentralPrivacySettings()
     secure_aggregation: SecureAggregationSettings = SecureAggregationSettings()
+    strategy: StrategySettings = StrategySettings()
+    validation: ValidationSettings = ValidationSettings()
 
     @model_validator(mode="after")
     def _secure_aggregation_fits(self) -> RunSettings:
@@ -123,12 +132,25 @@ class RunSettings(_Strict):
                 "server must clip each site's update, which secure aggregation hides from it "
                 '(use sample-level DP at the sites, or set secure_aggregation.mode = "off")'
             )
+        if not self.strategy.linear and self.secure_aggregation.mode == "on":
+            raise ValueError(
+                f'strategy "{self.strategy.name}" cannot combine with secure_aggregation.mode'
+                ' = "on": it needs each site\'s update, and secure aggregation only reveals '
+                'their sum (use fedavg, fedprox, fedadam or fedyogi, or set mode = "off")'
+            )
+        if not self.strategy.linear and self.central_privacy.enabled:
+            raise ValueError(
+                f'strategy "{self.strategy.name}" cannot combine with central_privacy: its '
+                "guarantee is for the noised mean of clipped updates (use fedavg, fedprox, "
+                "fedadam or fedyogi)"
+            )
         return self
 
     def secure_aggregation_for(self, training_sites: int) -> bool:
         """Whether rounds with this many training sites aggregate securely (\"auto\"
-        stays off under central privacy, which needs each site's update)."""
-        if self.central_privacy.enabled:
+        stays off under central privacy or a robust strategy, which need each site's
+        update)."""
+        if self.central_privacy.enabled or not self.strategy.linear:
             return False
         return self.secure_aggregation.active_for(training_sites)
 

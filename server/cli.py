@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -11,12 +12,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from consortia.common.errors import ConsortiaError
 from consortia.common.processes import ProcessGroup, stop_on_sigterm
-from consortia.common.settings import Task, load_run_settings
+from consortia.common.settings import Task, load_run_settings, run_settings_from_json
 from consortia.server.audit_cli import audit_app
 from consortia.server.certs_cli import certs_app
 from consortia.server.demo import DemoOptions, run_demo
 from consortia.server.progress import watch_run
+from consortia.server.run_state import resume_target
 from consortia.server.server_security import (
     CA_FILE,
     DEFAULT_SERVER_CERTS,
@@ -85,7 +88,9 @@ def server_start(
 
 
 def run_command(
-    run_config: Annotated[Path, typer.Argument(help="The study's run config (TOML).")],
+    run_config: Annotated[
+        Path | None, typer.Argument(help="The study's run config (TOML); not with --resume.")
+    ] = None,
     superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = (
         "127.0.0.1:9092"
     ),
@@ -105,17 +110,39 @@ def run_command(
             "engine (needs the 'simulation' extra); no server needed."
         ),
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue this run folder (on the server's disk) from its last completed "
+            "round, with the settings it started with."
+        ),
+    ] = None,
 ) -> None:
     """Submit a study to a running server and follow it (or simulate it locally)."""
-    settings = load_run_settings(run_config)
-    run_name = f"{settings.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-    work = Path.home() / ".consortia" / "submissions" / run_name
+    crashed_run: int | None = None
+    if resume is not None and run_config is None:
+        target = resume_target(resume)
+        settings = run_settings_from_json(target.settings_json)
+        run_name, crashed_run = target.run_name, target.flower_run_id
+        runs_dir = runs_dir or resume.parent
+        console.print(f"Resuming {run_name} after round {target.last_round}.")
+    elif run_config is not None and resume is None:
+        settings = load_run_settings(run_config)
+        run_name = f"{settings.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    else:
+        raise typer.BadParameter("give a run config, or --resume RUN_DIR (not both)")
+    work = Path.home() / ".consortia" / "submissions" / f"{run_name}-{time.time_ns()}"
+    if simulation is not None and resume is not None:
+        raise typer.BadParameter("--resume runs on a server, not with --simulation")
     if simulation is not None:
         stop_on_sigterm()
         run_simulation(settings, run_name, simulation, runs_dir or Path("runs"), work, console)
         return
-    app_dir = write_app_dir(work / "app", settings, run_name)
+    app_dir = write_app_dir(work / "app", settings, run_name, resume=resume is not None)
     connection = SuperLinkConnection.of(superlink, work / "flwr", None if insecure else ca)
+    if crashed_run is not None:
+        with contextlib.suppress(ConsortiaError):  # the crashed run may be gone already
+            stop_run(crashed_run, connection)
     run_id = submit_run(app_dir, connection)
     console.print(f"Submitted run [bold]{run_name}[/] (Flower run {run_id}) to {superlink}.")
     if not wait:

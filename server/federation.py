@@ -11,10 +11,8 @@ results holds the training of round k and the evaluation of the model it produce
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -22,39 +20,49 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from flwr.serverapp import Grid
 
 from consortia.common import records as rk
+from consortia.common.audit_check import audit_hashes
 from consortia.common.audit_log import (
     AGGREGATED,
     GLOBAL_MODEL,
     PRIVACY_SPENT,
-    SITE_JOINED,
-    SITE_REFUSED,
+    RUN_RESUMED,
+    RUN_STOPPED,
+    SITE_LEFT_OUT,
+    UPDATE_REJECTED,
 )
 from consortia.common.errors import ConsortiaError
 from consortia.common.instructions import Instruction
 from consortia.common.models import build_model
-from consortia.common.record_fields import (
-    RecordFieldError,
-    get_metric_record,
-    metric_floats,
-    metric_lists,
-)
+from consortia.common.record_fields import RecordFieldError
 from consortia.common.records import ERROR_PRIVACY_BUDGET
 from consortia.common.run_identity import RunIdentity
 from consortia.common.secagg_config import SecAggError
 from consortia.common.settings import Role, RunSettings
 from consortia.common.weights import WeightLayout
-from consortia.server.aggregation import UpdateShapeError, weighted_average
+from consortia.server.aggregation import UpdateShapeError
+from consortia.server.aggregation_strategy import (
+    DETAIL_SERVER_STEP,
+    AggregationStrategy,
+    SiteUpdate,
+    StrategyStateError,
+    TooFewUpdatesError,
+    build_strategy,
+)
 from consortia.server.central_privacy import CentralPrivacy
-from consortia.server.evaluation import pooled_metrics, site_metrics
-from consortia.server.reply_verifier import ReplyVerifier, signer_of
+from consortia.server.messaging import Quorum
+from consortia.server.reply_verifier import ReplyVerifier
+from consortia.server.round_evaluation import record_evaluation
 from consortia.server.run_folder import RunFolder
 from consortia.server.run_privacy import RunPrivacy
+from consortia.server.run_state import RunState, load_strategy_state, save_strategy_state
 from consortia.server.secure_round import SecureAggregator, secure_average
-from consortia.server.sites import Site, site_from_reply
+from consortia.server.site_roster import QuorumLostError, SiteRoster
+from consortia.server.sites import Site
+from consortia.server.update_validation import UPDATE_NORM, UpdateValidator, update_norms
 from consortia.server.updates import AcceptedUpdate, accept_update
 from consortia.server.verified_exchange import VerifiedExchange
 
-__all__ = ["Federation", "FederationError", "Site"]
+__all__ = ["Federation", "FederationError", "QuorumLostError", "Site"]
 
 logger = logging.getLogger("consortia.server")
 
@@ -79,6 +87,7 @@ class Federation:
         verifier: ReplyVerifier | None = None,
         identity: RunIdentity | None = None,
         poll_interval_s: float = 0.05,
+        resume_from: RunState | None = None,
     ) -> None:
         self.grid = grid
         self.settings = settings
@@ -87,7 +96,6 @@ class Federation:
         self.channel = VerifiedExchange(
             grid, folder, verifier or ReplyVerifier(None, 0), poll_interval_s=poll_interval_s
         )
-        self.sites: dict[int, Site] = {}
         self.model_settings = settings.model.to_model_settings()
         with torch.random.fork_rng():
             torch.manual_seed(settings.seed)  # the run's seed fixes the initial model too
@@ -96,6 +104,8 @@ class Federation:
         self.layout_fingerprint = self.layout.fingerprint()
         self.initial_weights = self.layout.flatten(model.state_dict())
         self.privacy = RunPrivacy(settings)
+        self.roster = SiteRoster(grid, settings, self.identity, folder, self.channel, self.privacy)
+        self.sites = self.roster.sites
         self.central: CentralPrivacy | None = None
         self.secure: SecureAggregator | None = None
         self.secure_on = False  # decided once, from the training sites that joined
@@ -106,7 +116,11 @@ class Federation:
                 self.layout.size + 1,
                 lambda messages: self.exchange(messages, stage_timeout),
             )
+        self.strategy: AggregationStrategy = build_strategy(settings.strategy)
+        self.validator = UpdateValidator(settings.validation)
+        self.resume_from = resume_from
         self.ended_early: str | None = None
+        self.stopped: str | None = None  # why the run stopped before its last round
 
     # -- messaging -------------------------------------------------------------------------
 
@@ -143,105 +157,10 @@ class Federation:
             app_hash=self.identity.app_hash,
             secure=secure,
             weight_norm=weight_norm,
+            proximal_mu=s.strategy.proximal_mu if train else 0.0,
         )
 
     # -- discovery -------------------------------------------------------------------------
-
-    def wait_for_nodes(self) -> list[int]:
-        """Node ids once `min_sites` nodes are connected; error after `connect_timeout_s`."""
-        deadline = time.monotonic() + self.settings.connect_timeout_s
-        while True:
-            node_ids = sorted(self.grid.get_node_ids())
-            if len(node_ids) >= self.settings.min_sites:
-                return node_ids
-            if time.monotonic() > deadline:
-                raise FederationError(
-                    f"only {len(node_ids)} of min_sites={self.settings.min_sites} sites "
-                    f"connected within {self.settings.connect_timeout_s:.0f} s"
-                )
-            time.sleep(0.2)
-
-    def discover_sites(self) -> list[Site]:
-        """Ask every connected node who it is; keep the ones whose data fit the task."""
-        node_ids = self.wait_for_nodes()
-        config = ConfigRecord(
-            {
-                rk.CFG_TASK: self.settings.task.value,
-                rk.CFG_DATASET: self.settings.dataset,
-                rk.CFG_APP_HASH: self.identity.app_hash,
-            }
-        )
-        messages = [
-            Message(
-                RecordDict({rk.CONFIG_KEY: config}),
-                dst_node_id=node_id,
-                message_type=MessageType.QUERY,
-                group_id="discover",
-            )
-            for node_id in node_ids
-        ]
-        replies = self.exchange(messages, self.settings.connect_timeout_s)
-        for node_id, reason in self.channel.rejected.items():
-            self.folder.event(SITE_REFUSED, node_id=node_id, reason=reason)
-        names: set[str] = set()
-        for node_id, reply in sorted(replies.items()):
-            if reply.has_error():
-                self.folder.event(SITE_REFUSED, node_id=node_id, reason=reply.error.reason)
-                logger.warning("node %d left out: %s", node_id, reply.error.reason)
-                continue
-            try:
-                site, site_privacy = site_from_reply(node_id, reply)
-            except (RecordFieldError, ValueError) as err:
-                self.folder.event(SITE_REFUSED, node_id=node_id, reason=str(err))
-                logger.warning("node %d left out: malformed answer: %s", node_id, err)
-                continue
-            signer = signer_of(reply)
-            if self.channel.verifier.enabled and signer != site.name:
-                reason = f"answers as site {site.name!r} but signed as {signer!r}"
-                self.folder.event(SITE_REFUSED, node_id=node_id, reason=reason)
-                logger.warning("node %d left out: %s", node_id, reason)
-                continue
-            if site.name in names:
-                self.folder.event(SITE_REFUSED, node_id=node_id, reason="duplicate site name")
-                logger.warning("node %d left out: duplicate site name %s", node_id, site.name)
-                continue
-            names.add(site.name)
-            self.sites[node_id] = site
-            self.channel.names[node_id] = site.name
-            if site.role is Role.TRAIN:
-                self.privacy.add_site(site.name, site_privacy)
-            self.folder.event(
-                SITE_JOINED,
-                site=site.name,
-                role=site.role.value,
-                node_id=node_id,
-                dataset_fingerprint=site.data_fingerprint,
-            )
-        if not any(site.role is Role.TRAIN for site in self.sites.values()):
-            raise FederationError("no training site answered; nothing to train")
-        self.folder.results["sites"] = [
-            asdict(site) | {"role": site.role.value} for site in self.sites.values()
-        ]
-        self.folder.results["privacy"] = self.privacy.section()
-        self.folder.save()
-        return list(self.sites.values())
-
-    # -- rounds ----------------------------------------------------------------------------
-
-    def select_training_sites(self, round_number: int) -> list[Site]:
-        trainers = sorted(
-            (
-                s
-                for s in self.sites.values()
-                if s.role is Role.TRAIN and s.name not in self.privacy.excluded
-            ),
-            key=lambda s: s.name,
-        )
-        k = self.settings.sites_per_round or len(trainers)
-        if k >= len(trainers):
-            return trainers
-        rng = random.Random(self.settings.seed * 100_003 + round_number)
-        return sorted(rng.sample(trainers, k), key=lambda s: s.name)
 
     def _wave(
         self,
@@ -250,9 +169,12 @@ class Federation:
         trainers: Iterable[Site],
         secure: Mapping[int, Mapping[str, ConfigRecord]] | None = None,
         weight_norm: float = 0.0,
+        online: Iterable[int] | None = None,
     ) -> dict[int, Message]:
-        """Train messages to `trainers`, evaluate messages to every other site; under
-        secure aggregation each trainer's message carries its SecAgg+ records."""
+        """Train messages to `trainers`, evaluate messages to every other connected site;
+        under secure aggregation each trainer's message carries its SecAgg+ records.
+        Once the quorum of trainers (or of sites, in an evaluation-only wave) answered,
+        the others get `straggler_timeout_s` more."""
         arrays = _to_record(weights)
         configs = {
             train: self._instruction(
@@ -261,8 +183,9 @@ class Federation:
             for train in (True, False)
         }
         train_ids = {site.node_id for site in trainers}
+        targets = sorted(self.sites if online is None else set(online) & set(self.sites))
         messages = []
-        for node_id in sorted(self.sites):
+        for node_id in targets:
             train = node_id in train_ids
             content = RecordDict({rk.ARRAYS_KEY: arrays, rk.CONFIG_KEY: configs[train]})
             if train and secure is not None:
@@ -270,7 +193,15 @@ class Federation:
                     content[key] = record
             kind = MessageType.TRAIN if train else MessageType.EVALUATE
             messages.append(
-                Message(content, dst_node_id=node_id, message_type=kind, group_id=str(round_number))
+                Message(
+                    content,
+                    dst_node_id=node_id,
+                    message_type=kind,
+                    group_id=str(round_number),
+                    # An unanswered message expires with the round: a node that restarts
+                    # later does not train a round that is over.
+                    ttl=self.settings.round_timeout_s,
+                )
             )
             self.folder.event(
                 "sent",
@@ -288,42 +219,14 @@ class Federation:
             else:
                 self.folder.event("replied", round=round_number, site=site)
 
-        return self.exchange(messages, self.settings.round_timeout_s, on_reply)
+        counted = train_ids or set(targets)
+        quorum = Quorum(
+            counted, self.roster.quorum_size(len(counted)), self.settings.straggler_timeout_s
+        )
+        return self.channel(messages, self.settings.round_timeout_s, on_reply, quorum)
 
     def _record_evaluation(self, model_round: int, replies: Mapping[int, Message]) -> None:
-        per_site: dict[str, dict[str, float]] = {}
-        summaries: dict[str, tuple[dict[str, float], dict[str, list[float]]]] = {}
-        for node_id, reply in replies.items():
-            if reply.has_error() or rk.EVAL_METRICS_KEY not in reply.content:
-                continue
-            name = self.sites[node_id].name
-            try:
-                sums = metric_floats(get_metric_record(reply.content, rk.EVAL_METRICS_KEY))
-                hists: dict[str, list[float]] = {}
-                if rk.EVAL_HIST_KEY in reply.content:
-                    hists = metric_lists(get_metric_record(reply.content, rk.EVAL_HIST_KEY))
-            except RecordFieldError as err:
-                logger.warning("evaluation of %s ignored: %s", name, err)
-                continue
-            summaries[name] = (sums, hists)
-            per_site[name] = site_metrics(self.settings.task, sums, hists)
-        roles = {site.name: site.role for site in self.sites.values()}
-        holdout = [summaries[n] for n in summaries if roles[n] is Role.HOLDOUT]
-        training = [summaries[n] for n in summaries if roles[n] is Role.TRAIN]
-        evaluation = {
-            "sites": per_site,
-            "holdout": pooled_metrics(self.settings.task, holdout) if holdout else None,
-            "training_sites": pooled_metrics(self.settings.task, training) if training else None,
-        }
-        self.folder.update_round(model_round, evaluation=evaluation)
-        for scope in ("holdout", "training_sites"):
-            pooled = evaluation[scope]
-            if isinstance(pooled, dict):
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in pooled.items() if k != "cases")
-                logger.info("model after round %d, %s: %s", model_round, scope, shown)
-        self.folder.event(
-            "evaluated", round=model_round, holdout=evaluation["holdout"], sites=per_site
-        )
+        record_evaluation(self.folder, self.settings.task, self.sites, model_round, replies)
 
     def _exclude(self, round_number: int, site: Site, reason: str) -> None:
         self.privacy.exclude(site.name, reason)
@@ -370,8 +273,33 @@ class Federation:
                 )
             except (RecordFieldError, UpdateShapeError) as err:
                 rejected[site.name] = f"update rejected: {err}"
+                self.folder.event(
+                    UPDATE_REJECTED, round=round_number, site=site.name, reason=str(err)
+                )
+        if masked_size is None and accepted:
+            names = {site.node_id: site.name for site in trainers}
+            norms = update_norms(weights, {names[n]: u.weights for n, u in accepted.items()})
+            reasons = self.validator.rejections(norms)
+            for node in list(accepted):
+                update = accepted[node]
+                update.info[UPDATE_NORM] = norms[names[node]]
+                if names[node] not in reasons:
+                    continue
+                del accepted[node]
+                rejected[names[node]] = f"update rejected: {reasons[names[node]]}"
+                self.folder.event(
+                    UPDATE_REJECTED,
+                    round=round_number,
+                    site=names[node],
+                    reason=reasons[names[node]],
+                )
+                if update.privacy is not None:  # the site spent its budget all the same
+                    self.folder.event(
+                        PRIVACY_SPENT, round=round_number, site=names[node], **update.privacy
+                    )
         for name, reason in rejected.items():
             logger.warning("round %d: %s left out: %s", round_number, name, reason)
+            self.folder.event(SITE_LEFT_OUT, round=round_number, site=name, reason=reason)
         return accepted, rejected
 
     def _combine(
@@ -381,24 +309,38 @@ class Federation:
         accepted: Mapping[int, AcceptedUpdate],
         trainers: Sequence[Site],
         secure: SecureAggregator | None,
-    ) -> tuple[np.ndarray, str | None]:
-        """The next global model, and why it equals the last one when it does."""
-        updates = [(update.weights, update.examples) for update in accepted.values()]
+    ) -> tuple[np.ndarray, str | None, dict[str, object]]:
+        """The next global model, why it equals the last one when it does, and what the
+        strategy reports (e.g. which updates Krum kept)."""
         if secure is not None:
             try:
-                return secure_average(secure, round_number, weights, accepted), None
+                mean = secure_average(secure, round_number, weights, accepted)
             except SecAggError as err:
                 secure.fail(str(err))
-                return weights, f"secure aggregation failed: {err}"
+                return weights, f"secure aggregation failed: {err}", {}
+            return self.strategy.apply_mean(weights, mean), None, self._optimizer_report()
+        names = {site.node_id: site.name for site in trainers}
+        updates = [
+            SiteUpdate(names[node], update.weights, update.examples)
+            for node, update in accepted.items()
+        ]
         if self.central is None:
-            return weighted_average(updates), None
+            try:
+                result = self.strategy.aggregate(weights, updates)
+            except TooFewUpdatesError as err:
+                return weights, str(err), {}
+            return result.weights, None, {"kept": result.kept, **result.details}
         released = self.central.aggregate(
-            round_number, weights, [u for u, _ in updates], asked=len(trainers)
+            round_number, weights, [u.weights for u in updates], asked=len(trainers)
         )
         self.privacy.central.update(self.central.spent())
         if released is None:
-            return weights, self.central.last_refusal
-        return released, None
+            return weights, self.central.last_refusal, {}
+        return self.strategy.apply_mean(weights, released), None, self._optimizer_report()
+
+    def _optimizer_report(self) -> dict[str, object]:
+        optimizer = self.strategy.optimizer
+        return {} if optimizer is None else {DETAIL_SERVER_STEP: optimizer.steps}
 
     def _aggregate(
         self,
@@ -413,17 +355,25 @@ class Federation:
         accepted, rejected = self._collect(round_number, weights, replies, trainers, masked_size)
         for site in not_asked:
             rejected[site.name] = "could not take part in this round's secure aggregation"
-        refused_all = bool(trainers) and all(s.name in self.privacy.excluded for s in trainers)
-        if not accepted and not refused_all and secure is None:
-            raise FederationError(f"round {round_number}: no usable update ({rejected})")
+        # Sites whose privacy policy refused leave training; the quorum is of the others.
+        answerable = [s for s in [*trainers, *not_asked] if s.name not in self.privacy.excluded]
+        needed = self.roster.quorum_size(len(answerable)) if answerable else 0
+        if len(accepted) < needed:
+            raise QuorumLostError(
+                f"round {round_number}: {len(accepted)} usable update(s) of the "
+                f"{len(answerable)} training sites asked, the quorum needs {needed} "
+                f"(quorum = {self.settings.quorum}); left out: "
+                + "; ".join(f"{name}: {reason}" for name, reason in sorted(rejected.items()))
+            )
         unchanged: str | None = None
         if not accepted:
             unchanged = (secure.failure if secure is not None else None) or "no usable update"
             if secure is not None:
                 secure.fail(unchanged)
         new_weights = weights
+        strategy_report: dict[str, object] = {}
         if accepted:
-            new_weights, unchanged = self._combine(
+            new_weights, unchanged, strategy_report = self._combine(
                 round_number, weights, accepted, trainers, secure
             )
         if unchanged is not None:
@@ -461,6 +411,7 @@ class Federation:
                 names[node]: u.privacy for node, u in accepted.items() if u.privacy is not None
             },
             secure_aggregation=None if secure is None else secure.summary(unchanged),
+            strategy={"name": self.strategy.name, "unchanged": unchanged, **strategy_report},
         )
         if self.central is not None:
             self.folder.update_round(
@@ -514,6 +465,8 @@ class Federation:
             reason = f"mode {mode!r}, {per_round} training sites per round"
         elif mode != "off" and self.settings.central_privacy.enabled:
             reason = "central privacy clips each site's update at the server"
+        elif mode != "off" and not self.settings.strategy.linear:
+            reason = f"strategy {self.strategy.name!r} needs each site's update"
         elif mode == "off":
             reason = "mode 'off'"
         else:
@@ -522,66 +475,161 @@ class Federation:
         self.folder.results["secure_aggregation"] = {"enabled": self.secure_on, "reason": reason}
         self.folder.save()
 
-    def run(self) -> np.ndarray:
-        """Discover sites, run every round, evaluate the final model; returns its weights."""
-        self.discover_sites()
-        self._decide_secure_aggregation()
+    def _start(self) -> tuple[int, np.ndarray]:
+        """The first round to run and the model it starts from: round 1 and the
+        run-seeded initial model, or where a resumed run left off."""
+        if self.resume_from is None:
+            self._decide_secure_aggregation()
+        else:
+            self.secure_on = self.secure is not None and self.resume_from.secure_aggregation
         if self.settings.central_privacy.enabled:
             self.central = CentralPrivacy(
                 self.settings.central_privacy,
-                sites_per_round=len(self.select_training_sites(1)),
+                sites_per_round=len(self.roster.select_training_sites(1)),
                 layout_size=self.layout.size,
             )
+        if self.resume_from is not None:
+            return self._resume(self.resume_from)
         weights = self.initial_weights
         checkpoint, digest = self.folder.checkpoint(0, self.layout.unflatten(weights))
         self.folder.event(GLOBAL_MODEL, round=0, sha256=digest, checkpoint=checkpoint)
         self.folder.update_round(0, checkpoint=checkpoint, model_sha256=digest)
-        for round_number in range(1, self.settings.rounds + 1):
+        self._save_state(0, checkpoint, digest)
+        return 1, weights
+
+    def _save_state(self, round_number: int, checkpoint: str, digest: str) -> None:
+        """Everything a resumed run needs after `round_number` (checkpoints/state.json)."""
+        strategy_file = f"checkpoints/strategy-{round_number:03d}.npz"
+        strategy_digest = save_strategy_state(
+            self.folder.path / strategy_file, self.strategy.state_dict()
+        )
+        RunState(
+            round=round_number,
+            model_checkpoint=checkpoint,
+            model_sha256=digest,
+            strategy_file=strategy_file,
+            strategy_sha256=strategy_digest,
+            privacy=self.privacy.state_dict(),
+            central_privacy=None if self.central is None else self.central.state(),
+            secure_aggregation=self.secure_on,
+            audit_head=self.folder.audit.head,
+            config_hash=self.identity.config_hash,
+        ).save(self.folder.path)
+        previous = self.folder.path / f"checkpoints/strategy-{round_number - 1:03d}.npz"
+        previous.unlink(missing_ok=True)
+
+    def _resume(self, state: RunState) -> tuple[int, np.ndarray]:
+        path = self.folder.path
+        model = torch.load(path / state.model_checkpoint, map_location="cpu", weights_only=True)
+        weights = self.layout.flatten(model)
+        try:
+            self.strategy.load_state_dict(
+                load_strategy_state(path / state.strategy_file), vector_size=self.layout.size
+            )
+            self.privacy.load_state_dict(state.privacy)
+            if self.central is not None and state.central_privacy is not None:
+                self.central.restore(state.central_privacy)
+        except (ValueError, StrategyStateError) as err:
+            raise FederationError(f"cannot resume: {err}") from None
+        if state.audit_head not in audit_hashes(self.folder.audit.path):
+            raise FederationError(
+                "cannot resume: the audit log no longer holds the record the checkpoint "
+                "names (it was truncated or replaced)"
+            )
+        dropped = [e["round"] for e in self.folder.results["rounds"] if e["round"] > state.round]
+        self.folder.results["rounds"] = [
+            e for e in self.folder.results["rounds"] if e["round"] <= state.round
+        ]
+        self.folder.results["privacy"] = self.privacy.section()
+        logger.info("resuming after round %d (unfinished round(s) %s redone)", state.round, dropped)
+        self.folder.event(
+            RUN_RESUMED,
+            from_round=state.round + 1,
+            checkpoint_head=state.audit_head,
+            model_sha256=state.model_sha256,
+            redone_rounds=dropped,
+        )
+        self.folder.save()
+        return state.round + 1, weights
+
+    def _round(self, round_number: int, weights: np.ndarray) -> np.ndarray:
+        """One round: wait for a quorum of connected sites, train and evaluate, aggregate."""
+        online = self.roster.await_quorum(round_number)
+        started = time.monotonic()
+        trainers = self.roster.select_training_sites(round_number, online)
+        offline = [
+            s.name for s in self.roster.select_training_sites(round_number) if s not in trainers
+        ]
+        logger.info(
+            "round %d/%d: training at %s%s",
+            round_number,
+            self.settings.rounds,
+            ", ".join(s.name for s in trainers),
+            f" (not connected: {', '.join(offline)})" if offline else "",
+        )
+        self.folder.event(
+            "round_started",
+            round=round_number,
+            trainers=[s.name for s in trainers],
+            not_connected=offline,
+        )
+        records = self._secure_setup(round_number, trainers)
+        secure = None if records is None else self.secure
+        asked = trainers if records is None else [s for s in trainers if s.node_id in records]
+        replies = self._wave(
+            round_number,
+            weights,
+            asked,
+            records,
+            weight_norm=0.0 if secure is None else secure.weight_norm,
+            online=online,
+        )
+        self._record_evaluation(round_number - 1, replies)
+        weights = self._aggregate(
+            round_number,
+            weights,
+            replies,
+            asked,
+            secure,
+            not_asked=[site for site in trainers if site not in asked],
+        )
+        duration = time.monotonic() - started
+        self.folder.update_round(
+            round_number,
+            duration_s=round(duration, 3),
+            upload_bytes=self.channel.upload_bytes[round_number],
+            not_connected=offline,
+        )
+        self.folder.event("round_done", round=round_number, duration_s=duration)
+        return weights
+
+    def run(self) -> np.ndarray:
+        """Discover sites, run every round, evaluate the final model; returns its weights.
+        When a round's quorum cannot be met the run stops (`stopped` says why) with its
+        state saved after the last completed round, to resume from later."""
+        self.roster.discover_sites()
+        first_round, weights = self._start()
+        for round_number in range(first_round, self.settings.rounds + 1):
             self.ended_early = self._too_few_trainers()
             if self.ended_early is not None:
                 logger.warning("training ends before round %d: %s", round_number, self.ended_early)
                 self.folder.results["ended_early"] = self.ended_early
                 self.folder.event("ended_early", round=round_number, reason=self.ended_early)
                 break
-            started = time.monotonic()
-            trainers = self.select_training_sites(round_number)
-            logger.info(
-                "round %d/%d: training at %s",
-                round_number,
-                self.settings.rounds,
-                ", ".join(s.name for s in trainers),
-            )
-            self.folder.event(
-                "round_started", round=round_number, trainers=[s.name for s in trainers]
-            )
-            records = self._secure_setup(round_number, trainers)
-            secure = None if records is None else self.secure
-            asked = trainers if records is None else [s for s in trainers if s.node_id in records]
-            replies = self._wave(
-                round_number,
-                weights,
-                asked,
-                records,
-                weight_norm=0.0 if secure is None else secure.weight_norm,
-            )
-            self._record_evaluation(round_number - 1, replies)
-            weights = self._aggregate(
-                round_number,
-                weights,
-                replies,
-                asked,
-                secure,
-                not_asked=[site for site in trainers if site not in asked],
-            )
-            duration = time.monotonic() - started
-            self.folder.update_round(
-                round_number,
-                duration_s=round(duration, 3),
-                upload_bytes=self.channel.upload_bytes[round_number],
-            )
-            self.folder.event("round_done", round=round_number, duration_s=duration)
+            try:
+                weights = self._round(round_number, weights)
+            except QuorumLostError as err:
+                self.stopped = str(err)
+                logger.error("run stops: %s", err)
+                self.folder.results["stopped"] = {"round": round_number, "reason": str(err)}
+                self.folder.event(RUN_STOPPED, round=round_number, reason=str(err))
+                self.folder.save()
+                return weights
+            checkpoint = self.folder.results["rounds"][-1]
+            self._save_state(round_number, checkpoint["checkpoint"], checkpoint["model_sha256"])
         last_round = max((entry["round"] for entry in self.folder.results["rounds"]), default=0)
-        final = self._wave(self.settings.rounds + 1, weights, trainers=())
+        online = self.roster.online(self.settings.rounds + 1)
+        final = self._wave(self.settings.rounds + 1, weights, trainers=(), online=online)
         self._record_evaluation(last_round, final)
         self.folder.results["node_audit_heads"] = dict(self.channel.node_audit_heads)
         self.folder.save()

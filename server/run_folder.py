@@ -12,6 +12,7 @@ Layout (schema in docs/results-schema.md)::
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from consortia.common.audit_log import (
     AuditLog,
     server_log_label,
 )
+from consortia.common.errors import ConsortiaError
 from consortia.common.files import sha256_file, write_json_atomic
 from consortia.common.logs import utc_now
 
@@ -51,13 +53,18 @@ def _finite(value: Any) -> Any:
 class RunFolder:
     """Owns `results.json`, the audit log and the checkpoints of one run."""
 
-    def __init__(self, path: Path, header: Mapping[str, Any]) -> None:
-        if (path / RESULTS_FILE).exists():
+    def __init__(
+        self, path: Path, header: Mapping[str, Any], *, results: dict[str, Any] | None = None
+    ) -> None:
+        if results is None and (path / RESULTS_FILE).exists():
             raise FileExistsError(f"run folder {path} already holds a run")
         self.path = path
         (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog.open(path / EVENTS_FILE, server_log_label(path.name))
-        self.results: dict[str, Any] = {
+        if results is not None:
+            self.results = results
+            return
+        self.results = {
             "schema": SCHEMA,
             **header,
             "status": "running",
@@ -67,6 +74,23 @@ class RunFolder:
             "rounds": [],
         }
         self.save()
+
+    @classmethod
+    def reopen(cls, path: Path) -> RunFolder:
+        """The folder of a run that did not complete (killed, crashed, stopped for want
+        of a quorum), to resume it; the audit chain is checked as it is reopened."""
+        results_path = path / RESULTS_FILE
+        try:
+            results = json.loads(results_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConsortiaError(f"{results_path}: no such run to resume") from None
+        except (OSError, ValueError) as err:
+            raise ConsortiaError(f"{results_path}: unreadable ({err})") from None
+        if not isinstance(results, dict) or results.get("schema") != SCHEMA:
+            raise ConsortiaError(f"{results_path}: not a {SCHEMA} file")
+        if results.get("status") == "completed":
+            raise ConsortiaError(f"{path}: the run completed; there is nothing to resume")
+        return cls(path, {}, results=results)
 
     def save(self) -> None:
         write_json_atomic(self.path / RESULTS_FILE, _finite(self.results))

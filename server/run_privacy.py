@@ -4,7 +4,7 @@ and which sites left training because their privacy policy refused a round."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -131,6 +131,35 @@ class RunPrivacy:
                 for name, site in sorted(self.sites.items())
             },
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: each site's policy and spending as the run began,
+        who left training and why, and the latest epsilon reported per site."""
+        return {
+            "sites": {name: asdict(site) for name, site in self.sites.items()},
+            "excluded": dict(self.excluded),
+            "latest": dict(self.latest),
+            "central": dict(self.central),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict()`; raises `ValueError` naming what does not fit. Sites
+        that joined again keep what they announced when the run first began."""
+        if set(state) != {"sites", "excluded", "latest", "central"}:
+            raise ValueError(f"privacy state: unexpected keys {sorted(state)}")
+        sites: dict[str, SitePrivacy] = {}
+        for name, fields in dict(state["sites"]).items():
+            try:
+                sites[str(name)] = SitePrivacy(**fields)
+            except TypeError as err:
+                raise ValueError(f"privacy state of site {name}: {err}") from None
+        latest = {str(k): float(v) for k, v in dict(state["latest"]).items()}
+        if any(not math.isfinite(v) or v < 0 for v in latest.values()):
+            raise ValueError("privacy state: an epsilon is negative or not finite")
+        self.sites.update(sites)
+        self.excluded = {str(k): str(v) for k, v in dict(state["excluded"]).items()}
+        self.latest = latest
+        self.central = dict(state["central"])
 
     def eligible(self, names: Iterable[str]) -> list[str]:
         return [name for name in names if name not in self.excluded]

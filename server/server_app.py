@@ -14,13 +14,14 @@ from consortia.common import records as rk
 from consortia.common.audit_log import RUN_FAILED, RUN_FINISHED, RUN_STARTED
 from consortia.common.certificates import load_server_key
 from consortia.common.errors import ConsortiaError
-from consortia.common.logs import add_file_handler, setup_logging
+from consortia.common.logs import add_file_handler, setup_logging, utc_now
 from consortia.common.run_identity import RunIdentity, app_hash_details
 from consortia.common.settings import run_settings_from_json
 from consortia.server.federation import Federation
 from consortia.server.reply_verifier import ReplyVerifier
 from consortia.server.run_folder import RunFolder
 from consortia.server.run_provenance import write_run_provenance
+from consortia.server.run_state import RunState
 from consortia.server.server_security import ServerSecurity
 from consortia.server.site_registry import SiteRegistry
 
@@ -57,42 +58,75 @@ def main(grid: Grid, context: Context) -> None:
         "site_authentication": security is not None,
         "signed_updates": security is not None,
     }
-    folder = RunFolder(
-        folder_path,
-        {
-            "run_name": run_name,
-            "flower_run_id": context.run_id,
-            "task": settings.task.value,
-            "settings": settings.model_dump(mode="json"),
-            "config_hash": identity.config_hash,
-            "app": app_hash_details(),
-            "security": protection,
-        },
-    )
-    add_file_handler(folder_path / "server.log")
+    resume = str(context.run_config.get(rk.RUN_CONFIG_RESUME, "")).lower() == "true"
+    if resume:
+        folder, state = _reopen(folder_path, identity.config_hash, context.run_id)
+        add_file_handler(folder_path / "server.log")
+        logger.info("resuming run %s after round %d", run_name, state.round)
+    else:
+        state = None
+        folder = RunFolder(
+            folder_path,
+            {
+                "run_name": run_name,
+                "flower_run_id": context.run_id,
+                "task": settings.task.value,
+                "settings": settings.model_dump(mode="json"),
+                "config_hash": identity.config_hash,
+                "app": app_hash_details(),
+                "security": protection,
+            },
+        )
+        add_file_handler(folder_path / "server.log")
+        folder.event(
+            RUN_STARTED,
+            run_name=run_name,
+            flower_run_id=context.run_id,
+            rounds=settings.rounds,
+            config_hash=identity.config_hash,
+            app_hash=identity.app_hash,
+            **protection,
+        )
     if security is None:
         logger.warning("insecure server: no TLS, no site authentication, unsigned updates")
-    folder.event(
-        RUN_STARTED,
-        run_name=run_name,
-        flower_run_id=context.run_id,
-        rounds=settings.rounds,
-        config_hash=identity.config_hash,
-        app_hash=identity.app_hash,
-        **protection,
-    )
     verifier = ReplyVerifier(
         None if security is None else SiteRegistry(security.registry_dir), context.run_id
     )
+    federation = Federation(
+        grid, settings, folder, verifier=verifier, identity=identity, resume_from=state
+    )
     try:
-        Federation(grid, settings, folder, verifier=verifier, identity=identity).run()
+        federation.run()
     except BaseException as err:
         logger.error("run %s failed: %s", run_name, err)
         folder.event(RUN_FAILED, reason=str(err))
         folder.finish("failed", error=str(err))
         write_run_provenance(folder, settings, identity, security)
         raise
-    folder.event(RUN_FINISHED, status="completed")
-    folder.finish("completed")
+    status = "completed" if federation.stopped is None else "stopped"
+    folder.event(RUN_FINISHED, status=status)
+    folder.finish(status)
     write_run_provenance(folder, settings, identity, security)
+    if federation.stopped is not None:
+        logger.error(
+            "run %s stopped: %s; resume it with `consortia run --resume %s`",
+            run_name,
+            federation.stopped,
+            folder_path,
+        )
+        return
     logger.info("run %s completed; results in %s", run_name, folder_path)
+
+
+def _reopen(path: Path, config_hash: str, flower_run_id: int) -> tuple[RunFolder, RunState]:
+    """The run folder and state of a run to resume (checked before anything is sent)."""
+    folder = RunFolder.reopen(path)
+    state = RunState.load(path, config_hash)
+    folder.results.pop("stopped", None)
+    folder.results["status"] = "running"
+    folder.results["finished_at"] = None
+    folder.results.setdefault("resumed", []).append(
+        {"at": utc_now(), "flower_run_id": flower_run_id, "after_round": state.round}
+    )
+    folder.save()
+    return folder, state

@@ -48,8 +48,11 @@ def write_app_dir(
     settings: RunSettings,
     run_name: str,
     simulation_sites: Sequence[Path] = (),
+    *,
+    resume: bool = False,
 ) -> Path:
-    """Write the Flower App for one run into `dest` (a new folder)."""
+    """Write the Flower App for one run into `dest` (a new folder); with `resume`, the
+    server continues the run folder `run_name` from its last completed round."""
     from importlib.metadata import version
 
     dest.mkdir(parents=True, exist_ok=False)
@@ -75,6 +78,8 @@ def write_app_dir(
         f"{rk.RUN_CONFIG_SETTINGS} = {_toml_string(settings.to_json())}",
         f"{rk.RUN_CONFIG_RUN_NAME} = {_toml_string(run_name)}",
     ]
+    if resume:
+        lines.append(f"{rk.RUN_CONFIG_RESUME} = {_toml_string('true')}")
     if simulation_sites:
         listed = json.dumps([str(path.resolve()) for path in simulation_sites])
         lines.append(f"{rk.RUN_CONFIG_SIMULATION_SITES} = {_toml_string(listed)}")

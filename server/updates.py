@@ -1,16 +1,24 @@
-"""A training site's reply, checked before it may touch the global model."""
+"""A training site's reply, checked before it may touch the global model.
+
+Every check that needs only the one reply is here: the reply's keys (one array record
+holding exactly the weights array, the train metrics), the weights' shape, dtype and
+values (or, under secure aggregation, the masked vector's shape), the example count
+against what the site registered, and under DP the privacy record. Checks across the
+round's updates (norms) are `consortia.server.update_validation`'s.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message, RecordDict
 
 from consortia.common import records as rk
 from consortia.common.record_fields import (
-    get_array,
+    RecordFieldError,
     get_array_record,
     get_config_record,
     get_float,
@@ -37,6 +45,50 @@ class AcceptedUpdate:
     shares: dict[int, bytes] | None = None
 
 
+def _weights(content: RecordDict) -> np.ndarray:
+    """The one weights array of a train reply; any other array (another name in the
+    array record, another array record) is refused: a site sends nothing else."""
+    record = get_array_record(content, rk.ARRAYS_KEY)
+    names = sorted(record)
+    if names != [rk.WEIGHTS_ARRAY]:
+        raise RecordFieldError(
+            f"array record '{rk.ARRAYS_KEY}' holds {names}; a training update holds only "
+            f"'{rk.WEIGHTS_ARRAY}'"
+        )
+    others = sorted(
+        k for k, v in content.items() if isinstance(v, ArrayRecord) and k != rk.ARRAYS_KEY
+    )
+    if others:
+        raise RecordFieldError(
+            f"reply carries array record(s) {others}; a training update carries arrays "
+            f"only in '{rk.ARRAYS_KEY}'"
+        )
+    try:
+        return record[rk.WEIGHTS_ARRAY].numpy()
+    except (TypeError, ValueError, EOFError, OSError) as err:  # not NumPy, corrupt bytes
+        raise UpdateShapeError(
+            f"'{rk.WEIGHTS_ARRAY}' cannot be read as a NumPy array: {err}"
+        ) from None
+
+
+def _check_count(count: float, site: Site) -> None:
+    if not math.isfinite(count) or count != int(count):
+        raise UpdateShapeError(f"claims {count} examples; a count is a whole number")
+    if count < 1:
+        raise UpdateShapeError(f"claims {count:.0f} examples; a training update needs at least 1")
+    if count > site.num_train:
+        raise UpdateShapeError(
+            f"claims {count:.0f} examples, more than the {site.num_train} the site registered"
+        )
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    for key, value in metrics.items():
+        if not math.isfinite(value):
+            raise UpdateShapeError(f"reports {key} = {value}; a train metric must be finite")
+    return metrics
+
+
 def _check_masked(update: np.ndarray, size: int) -> None:
     if update.ndim != 1 or update.shape != (size,) or update.dtype != np.uint32:
         raise UpdateShapeError(
@@ -54,13 +106,15 @@ def accept_update(
     dp: bool,
     masked_size: int | None = None,
 ) -> AcceptedUpdate:
-    """Check size, dtype and values of the update (or, under secure aggregation, the
-    shape of the masked vector of `masked_size` values), the example count against what
-    the site registered and, under DP, its privacy record against the run's settings.
-    Raises `RecordFieldError` or `UpdateShapeError` naming the problem."""
+    """Check the reply's keys (exactly one array, `weights`, in the `arrays` record; the
+    train metrics), size, dtype and values of the update (or, under secure aggregation,
+    the shape of the masked vector of `masked_size` values), the example count (a whole
+    number from 1 to what the site registered), finite train metrics and, under DP, the
+    privacy record against the run's settings. Raises `RecordFieldError` or
+    `UpdateShapeError` naming the key or the problem."""
     metrics = get_metric_record(reply.content, rk.TRAIN_METRICS_KEY)
     count = get_float(metrics, rk.M_NUM_EXAMPLES)
-    update = get_array(get_array_record(reply.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY)
+    update = _weights(reply.content)
     shares = None
     if masked_size is None:
         check_update(weights, update)
@@ -72,8 +126,14 @@ def accept_update(
             )
         except SecAggError as err:
             raise UpdateShapeError(str(err)) from None
-    if not 0 < count <= site.num_train:
-        raise UpdateShapeError(f"claims {count:.0f} examples; the site registered {site.num_train}")
+    _check_count(count, site)
+    info = _finite(
+        {
+            "examples": count,
+            "loss": get_float(metrics, rk.M_TRAIN_LOSS),
+            "compute_s": get_float(metrics, rk.M_COMPUTE_S),
+        }
+    )
     record: dict[str, Any] | None = None
     if dp:
         if rk.PRIVACY_KEY not in reply.content:
@@ -82,9 +142,4 @@ def accept_update(
         privacy.check(report)
         privacy.record(site.name, report)
         record = spend_record(report, int(count))
-    info = {
-        "examples": count,
-        "loss": get_float(metrics, rk.M_TRAIN_LOSS),
-        "compute_s": get_float(metrics, rk.M_COMPUTE_S),
-    }
     return AcceptedUpdate(update, count, info, record, shares)

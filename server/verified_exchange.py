@@ -21,7 +21,7 @@ from consortia.common.audit_log import UPDATE_RECEIVED, UPDATE_REJECTED, UPDATE_
 from consortia.common.record_digest import record_digest
 from consortia.common.record_fields import message_round
 from consortia.common.signing import SignatureError
-from consortia.server.messaging import exchange
+from consortia.server.messaging import Quorum, exchange
 from consortia.server.reply_verifier import ReplyVerifier
 from consortia.server.run_folder import RunFolder
 
@@ -66,6 +66,7 @@ class VerifiedExchange:
         messages: Sequence[Message],
         timeout_s: float,
         on_reply: Callable[[int, Message], None] | None = None,
+        quorum: Quorum | None = None,
     ) -> dict[int, Message]:
         """Push `messages`, pull replies until all came or `timeout_s`; returns the
         replies that are error answers or verified updates."""
@@ -73,7 +74,12 @@ class VerifiedExchange:
             self.verifier.stamp(message)
         requests = {message.metadata.dst_node_id: message for message in messages}
         replies = exchange(
-            self.grid, messages, timeout_s, poll_interval_s=self.poll_interval_s, on_reply=on_reply
+            self.grid,
+            messages,
+            timeout_s,
+            poll_interval_s=self.poll_interval_s,
+            on_reply=on_reply,
+            quorum=quorum,
         )
         self.rejected = {}
         kept: dict[int, Message] = {}

@@ -12,12 +12,14 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from consortia.common.processes import free_port, wait_for_address
 from consortia.common.settings import load_run_settings, load_site_settings
 from consortia.server.local_consortium import LocalConsortium, SiteKeys
+from tests.processes import kill_tree
 
 __all__ = ["CLI", "CliFederation"]
 
@@ -109,33 +111,25 @@ class CliFederation:
             except subprocess.TimeoutExpired:
                 self.server.kill()
 
-    def run(
-        self, name: str, config_text: str, *, approved_by: list[Path] | None = None
-    ) -> dict[str, Any]:
-        """Submit a run config and wait for it; returns results.json plus its `dir`.
-        Every started site approves the run first, or only those in `approved_by`."""
+    def _security(self) -> list[str]:
+        if self.consortium is None:
+            return ["--insecure"]
+        return ["--ca", str(self.consortium.ca_certificate)]
+
+    def _approved(self, name: str, config_text: str, approved_by: list[Path] | None) -> Path:
         config = self.root / f"{name}.toml"
         config.write_text(config_text, encoding="utf-8")
-        before = set(self.runs.iterdir()) if self.runs.exists() else set()
-        if self.consortium is None:
-            security = ["--insecure"]
-        else:
+        if self.consortium is not None:
             settings = load_run_settings(config)
             approving = self.site_configs if approved_by is None else approved_by
             for site_config in approving:
                 self.consortium.approve(load_site_settings(site_config), settings, by="tests")
-            security = ["--ca", str(self.consortium.ca_certificate)]
+        return config
+
+    def _cli(self, *args: str, wait: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [
-                *CLI,
-                "run",
-                str(config),
-                "--superlink",
-                self.superlink,
-                "--runs-dir",
-                str(self.runs),
-                *security,
-            ],
+            [*CLI, "run", *args, "--superlink", self.superlink, *self._security()]
+            + ([] if wait else ["--no-wait"]),
             capture_output=True,
             text=True,
             timeout=600,
@@ -143,9 +137,47 @@ class CliFederation:
         )
         if result.returncode != 0:
             raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
+        return result
+
+    def run(
+        self, name: str, config_text: str, *, approved_by: list[Path] | None = None
+    ) -> dict[str, Any]:
+        """Submit a run config and wait for it; returns results.json plus its `dir`.
+        Every started site approves the run first, or only those in `approved_by`."""
+        config = self._approved(name, config_text, approved_by)
+        before = set(self.runs.iterdir()) if self.runs.exists() else set()
+        self._cli(str(config), "--runs-dir", str(self.runs))
         [run_dir] = set(self.runs.iterdir()) - before
+        return self.results(run_dir)
+
+    def submit(self, name: str, config_text: str, timeout_s: float = 120.0) -> Path:
+        """Submit a run config without waiting; returns the run folder once it exists."""
+        config = self._approved(name, config_text, None)
+        before = set(self.runs.iterdir()) if self.runs.exists() else set()
+        self._cli(str(config), wait=False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            new = set(self.runs.iterdir()) - before if self.runs.exists() else set()
+            if new:
+                return new.pop()
+            time.sleep(0.5)
+        raise AssertionError(f"no run folder appeared within {timeout_s:.0f} s")
+
+    def resume(self, run_dir: Path) -> dict[str, Any]:
+        """`consortia run --resume RUN_DIR`, waiting for the run to end."""
+        self._cli("--resume", str(run_dir))
+        return self.results(run_dir)
+
+    @staticmethod
+    def results(run_dir: Path) -> dict[str, Any]:
         results: dict[str, Any] = json.loads((run_dir / "results.json").read_text())
         return {"dir": run_dir, **results}
+
+    def kill_server(self) -> None:
+        """SIGKILL the server and everything it started (SuperLink, ServerApp)."""
+        if self.server is not None:
+            kill_tree(self.server.pid)
+            self.server.wait(timeout=30)
 
     def site_config(self, folder: Path, name: str, role: str, data: str, extra: str = "") -> Path:
         """Write `folder/site.toml` for a node of this federation."""

@@ -1,7 +1,7 @@
 """The approval mod with real site files, approvals and Flower messages: an approved run
 reaches the handler; an unapproved one, a query for another data set, an instruction
 that differs from the approved run, and a plain update after a secure session are
-refused with error 4105."""
+refused with error 4105. FedProx's proximal_mu is one of the checked instructions."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from consortia.common.approvals import ApprovalStore
 from consortia.common.instructions import Instruction
 from consortia.common.run_identity import app_hash
 from consortia.common.settings import RunSettings, load_site_settings
+from consortia.common.strategy_settings import StrategySettings
 
 SETTINGS = RunSettings(name="study")
 
@@ -87,8 +88,8 @@ def _train(**changes: object) -> Message:
     return Message(content, dst_node_id=3, message_type="train", group_id="1")
 
 
-def _approve(site: Path) -> None:
-    ApprovalStore.for_site(load_site_settings(site)).approve(SETTINGS, by="test")
+def _approve(site: Path, settings: RunSettings = SETTINGS) -> None:
+    ApprovalStore.for_site(load_site_settings(site)).approve(settings, by="test")
 
 
 def test_unapproved_run_is_refused_and_approved_run_handled(site: Path) -> None:
@@ -120,3 +121,17 @@ def test_no_plain_update_after_a_secure_session(site: Path) -> None:
     reply = approval_mod(_train(secure=False), context, _handled)
     assert reply.has_error() and "no downgrade" in str(reply.error.reason)
     assert not approval_mod(_train(secure=True, weight_norm=10.0), context, _handled).has_error()
+
+
+def test_a_proximal_mu_other_than_the_approved_one_is_refused(site: Path) -> None:
+    _approve(site)  # FedAvg: mu 0
+    reply = approval_mod(_train(proximal_mu=0.5), _context(site), _handled)
+    assert reply.has_error() and reply.error.code == rk.ERROR_NOT_APPROVED
+    assert "differ from the approved run: proximal_mu" in str(reply.error.reason)
+    fedprox = RunSettings(name="study", strategy=StrategySettings(name="fedprox", proximal_mu=0.1))
+    _approve(site, fedprox)
+    context = _context(site, fedprox)
+    assert not approval_mod(_train(proximal_mu=0.1), context, _handled).has_error()
+    for mu in (0.0, 0.2):
+        reply = approval_mod(_train(proximal_mu=mu), context, _handled)
+        assert reply.has_error() and "proximal_mu" in str(reply.error.reason)

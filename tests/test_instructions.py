@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from flwr.app import ConfigRecord
 
@@ -25,12 +27,15 @@ def _instruction() -> Instruction:
         learning_rate=0.01,
         seed=5,
         evaluate_first=True,
+        proximal_mu=0.25,
     )
 
 
 def test_round_trip() -> None:
     original = _instruction()
-    assert Instruction.from_config(original.to_config()) == original
+    config = original.to_config()
+    assert config[rk.CFG_PROXIMAL_MU] == 0.25
+    assert Instruction.from_config(config) == original
 
 
 @pytest.mark.parametrize(
@@ -40,9 +45,13 @@ def test_round_trip() -> None:
         (rk.CFG_TASK, "regression", "'task'"),
         (rk.CFG_MODEL_SETTINGS, '{"architecture": "vgg"}', "'model-settings'"),
         (rk.CFG_EVALUATE_FIRST, 1, "'evaluate-first' must be true or false"),
+        (rk.CFG_PROXIMAL_MU, "0.1", "'proximal-mu' must be a number"),
+        (rk.CFG_PROXIMAL_MU, -0.01, "'proximal-mu' must be a finite number >= 0"),
+        (rk.CFG_PROXIMAL_MU, math.nan, "'proximal-mu' must be a finite number >= 0"),
+        (rk.CFG_PROXIMAL_MU, math.inf, "'proximal-mu' must be a finite number >= 0"),
     ],
 )
-def test_malformed_field_is_named(key: str, value: str | int, match: str) -> None:
+def test_malformed_field_is_named(key: str, value: str | float, match: str) -> None:
     config = dict(_instruction().to_config())
     config[key] = value
     with pytest.raises(RecordFieldError, match=match):
