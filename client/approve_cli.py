@@ -20,7 +20,7 @@ from consortia.common.settings import load_run_settings, load_site_settings
 
 __all__ = ["approvals", "approve", "revoke"]
 
-_SITE_HELP = "The site's TOML config (its [node] state_dir holds the approvals)."
+_SITE_HELP = "The site's TOML config (its \\[node] state_dir holds the approvals)."
 
 
 def _default_approver() -> str:

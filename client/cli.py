@@ -30,7 +30,7 @@ def node_start(
     site_config: Annotated[Path, typer.Option(help="The site's TOML config.")],
     runtime_port: Annotated[
         int | None,
-        typer.Option(help="Local port of the SuperNode's Runtime API (overrides [node])."),
+        typer.Option(help="Local port of the SuperNode's Runtime API (overrides \\[node])."),
     ] = None,
     num_threads: Annotated[int | None, typer.Option(help="Torch threads per task.")] = None,
 ) -> None:

@@ -44,6 +44,7 @@ from consortia.client.release_cache import (
     kept_release,
     model_sha256,
 )
+from consortia.client.saliency_release import saliency_record, write_final_saliency
 from consortia.client.secagg_handlers import (
     SecureRound,
     mask_update,
@@ -137,6 +138,7 @@ def _evaluate(
         batch_size=instruction.batch_size,
         device=device,
         surface_distances=instruction.surface_metrics,
+        bootstrap=instruction.round > instruction.total_rounds,
     )
 
 
@@ -144,6 +146,8 @@ def _eval_records(content: RecordDict, result: EvalResult) -> None:
     content[rk.EVAL_METRICS_KEY] = MetricRecord(dict(result.sums))
     if result.histograms:
         content[rk.EVAL_HIST_KEY] = MetricRecord(dict(result.histograms))
+    if result.bootstrap:
+        content[rk.EVAL_BOOTSTRAP_KEY] = MetricRecord(dict(result.bootstrap))
 
 
 def _guarded(handler_name: str, msg: Message, context: Context) -> Message:
@@ -418,9 +422,13 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
 def _evaluate_handler(msg: Message, site: SiteSettings, instruction: Instruction) -> Message:
     data = _dataset(site, instruction.dataset).load(instruction.task, _eval_splits(site))
     model, _ = _model(msg, instruction)
-    evaluated = _evaluate(model, data, instruction, select_device())
+    device = select_device()
+    evaluated = _evaluate(model, data, instruction, device)
     content = RecordDict()
     _eval_records(content, evaluated)
+    saliency = write_final_saliency(model, data, instruction, site, device)
+    if saliency and site.saliency.share:
+        content[rk.SALIENCY_KEY] = saliency_record(saliency)
     content[rk.TRAIN_METRICS_KEY] = MetricRecord(
         {
             rk.M_NUM_EXAMPLES: 0,

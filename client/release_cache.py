@@ -29,6 +29,7 @@ from consortia.common.privacy_ledger import PrivacyLedger
 
 __all__ = [
     "RELEASES_DIR",
+    "SAFE_RUN_ID",
     "Release",
     "ReleaseCache",
     "ReleaseCacheError",
@@ -38,7 +39,8 @@ __all__ = [
 
 RELEASES_DIR = "releases"  # in the node's state folder
 
-_SAFE_RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# A run id the server sent that may name a file or folder in the node's state folder.
+SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class ReleaseCacheError(ConsortiaError):
@@ -68,7 +70,7 @@ class ReleaseCache:
         self.folder = folder
 
     def _path(self, run_id: str) -> Path:
-        if not _SAFE_RUN.fullmatch(run_id):
+        if not SAFE_RUN_ID.fullmatch(run_id):
             raise ReleaseCacheError("run id is not a valid run name")
         return self.folder / f"{run_id}.npz"
 

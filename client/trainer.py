@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.hooks import RemovableHandle
 
 from consortia.client.site_data import SiteArrays
+from consortia.common.bootstrap import segmentation_replicates
 from consortia.common.device import autocast
 from consortia.common.metrics import (
     ClassificationMetricAccumulator,
@@ -57,6 +58,9 @@ class EvalResult:
     sums: dict[str, float]
     histograms: dict[str, list[float]]
     compute_s: float
+    # Segmentation, when asked: per bootstrap replicate, sums and counts of resampled
+    # cases (`consortia.common.bootstrap`), for the server's confidence intervals.
+    bootstrap: dict[str, list[float]] = field(default_factory=dict)
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
@@ -184,8 +188,10 @@ def evaluate_local(
     batch_size: int,
     device: torch.device,
     surface_distances: bool = True,
+    bootstrap: bool = False,
 ) -> EvalResult:
-    """Metric sums and counts of `model` on the given split (nothing per case leaves)."""
+    """Metric sums and counts of `model` on the given split (nothing per case leaves);
+    with `bootstrap`, also segmentation's bootstrap replicate sums and counts."""
     model.to(device).eval()
     start = time.perf_counter()
     loader = _loader(data, batch_size, shuffle=False, seed=0)
@@ -197,7 +203,8 @@ def evaluate_local(
             with autocast(device):
                 logits = model(normalize_images(images.to(device)))
             seg.update(logits.float().argmax(dim=1).cpu(), targets)
-        return EvalResult(seg.summary(), {}, time.perf_counter() - start)
+        replicates = segmentation_replicates(seg.case_values()) if bootstrap else {}
+        return EvalResult(seg.summary(), {}, time.perf_counter() - start, replicates)
     cls = ClassificationMetricAccumulator(num_classes=num_classes)
     for images, targets in loader:
         with autocast(device):

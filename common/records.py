@@ -41,6 +41,7 @@ __all__ = [
     "ERROR_REFUSED",
     "ERROR_SECAGG",
     "ERROR_SITE_DATA",
+    "EVAL_BOOTSTRAP_KEY",
     "EVAL_HIST_KEY",
     "EVAL_METRICS_KEY",
     "INFO_KEY",
@@ -66,6 +67,7 @@ __all__ = [
     "RUN_CONFIG_RUN_NAME",
     "RUN_CONFIG_SETTINGS",
     "RUN_CONFIG_SIMULATION_SITES",
+    "SALIENCY_KEY",
     "SECAGG_CONFIG_KEY",
     "SECAGG_KEY",
     "SECAGG_PEERS_KEY",
@@ -112,6 +114,12 @@ INFO_KEY: Final = "site-info"
 TRAIN_METRICS_KEY: Final = "train-metrics"
 EVAL_METRICS_KEY: Final = "eval-metrics"
 EVAL_HIST_KEY: Final = "eval-histograms"
+# Final evaluation of a segmentation model: per bootstrap replicate, metric sums and counts
+# of the site's resampled cases (`consortia.common.bootstrap`).
+EVAL_BOOTSTRAP_KEY: Final = "eval-bootstrap"
+# Final evaluation at a held-out site whose config shares them: saliency maps as PNG bytes
+# (uint8 arrays named `case-NN`).
+SALIENCY_KEY: Final = "saliency"
 
 # ConfigRecord keys sent by the server with train/evaluate messages.
 CFG_ROUND: Final = "round"

@@ -7,6 +7,7 @@ import math
 import warnings
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from monai.metrics.hausdorff_distance import compute_hausdorff_distance
 from monai.metrics.meandice import compute_dice
@@ -86,6 +87,7 @@ class SegmentationMetricAccumulator:
         self._cases = 0
         self._values: dict[str, list[float]] = {DICE: [], IOU: [], HD95: [], ASD: []}
         self._undefined = {HD95: 0, ASD: 0}
+        self._per_case: dict[str, list[float]] = {DICE: [], IOU: []}
         self._class_dice: dict[int, list[float]] = {
             label: [] for label in range(self._first_label, self.num_classes)
         }
@@ -161,9 +163,17 @@ class SegmentationMetricAccumulator:
         return hd, asd
 
     def _add_mean(self, key: str, per_class: torch.Tensor) -> None:
-        if bool(torch.isnan(per_class).all()):
-            return
-        self._values[key].append(float(torch.nanmean(per_class)))
+        value = float("nan") if bool(torch.isnan(per_class).all()) else None
+        if value is None:
+            value = float(torch.nanmean(per_class))
+            self._values[key].append(value)
+        if key in self._per_case:
+            self._per_case[key].append(value)
+
+    def case_values(self) -> dict[str, np.ndarray]:
+        """Dice and IoU per case seen, NaN where undefined: for bootstrap replicates made
+        at the site (`consortia.common.bootstrap`); never to be sent."""
+        return {key: np.asarray(values, dtype=np.float64) for key, values in self._per_case.items()}
 
     def summary(self) -> dict[str, float]:
         """Sums and counts only (never means), ready for :func:`combine`."""

@@ -30,8 +30,10 @@ __all__ = [
     "DataSettings",
     "ModelConfig",
     "NodeSettings",
+    "ReportSettings",
     "Role",
     "RunSettings",
+    "SaliencySettings",
     "SiteInfo",
     "SiteSettings",
     "Task",
@@ -93,6 +95,14 @@ class TrainingSettings(_Strict):
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
 
 
+class ReportSettings(_Strict):
+    """The `[report]` table of a run config: what the server records beside results.json."""
+
+    # Write every metric of every round as TensorBoard event files in RUN_DIR/tensorboard
+    # while the run goes on (needs the `tensorboard` extra on the server).
+    tensorboard: bool = False
+
+
 class RunSettings(_Strict):
     """A coordinator's run config: the whole study in one file."""
 
@@ -123,6 +133,7 @@ class RunSettings(_Strict):
     secure_aggregation: SecureAggregationSettings = SecureAggregationSettings()
     strategy: StrategySettings = StrategySettings()
     validation: ValidationSettings = ValidationSettings()
+    report: ReportSettings = ReportSettings()
 
     @model_validator(mode="after")
     def _secure_aggregation_fits(self) -> RunSettings:
@@ -229,6 +240,16 @@ class NodeSettings(_Strict):
         return value
 
 
+class SaliencySettings(_Strict):
+    """The `[saliency]` table of a site config. A held-out site draws Grad-CAM saliency maps
+    of the final global model on `images` of its cases (0: none) and keeps them in the
+    node's state folder; `share = true` also sends them to the server. They show patient
+    images: sharing them sends those images off-site."""
+
+    images: Annotated[int, Field(ge=0, le=32)] = 4
+    share: bool = False
+
+
 class SiteSettings(_Strict):
     """A hospital's site config: identity, data and node connection."""
 
@@ -236,6 +257,7 @@ class SiteSettings(_Strict):
     data: DataSettings
     node: NodeSettings = NodeSettings()
     privacy: PrivacyPolicy = PrivacyPolicy()
+    saliency: SaliencySettings = SaliencySettings()
     # More data sets on the same node, by name; a run picks one with `[run] dataset`.
     datasets: dict[Annotated[str, Field(pattern=_NAME_PATTERN)], DataSettings] = {}
 

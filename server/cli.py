@@ -19,6 +19,7 @@ from consortia.server.audit_cli import audit_app
 from consortia.server.certs_cli import certs_app
 from consortia.server.demo import DemoOptions, run_demo
 from consortia.server.progress import watch_run
+from consortia.server.report_cli import report_command
 from consortia.server.run_state import resume_target
 from consortia.server.server_security import (
     CA_FILE,
@@ -209,6 +210,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(server_app, name="server")
     app.command("run")(run_command)
     app.command("demo")(demo_command)
+    app.command("report")(report_command)
     app.add_typer(audit_app, name="audit")
     app.add_typer(site_app, name="site")
     app.add_typer(certs_app, name="certs")

@@ -30,6 +30,7 @@ from consortia.common.settings import (
 )
 from consortia.server.local_consortium import LocalConsortium, SiteKeys
 from consortia.server.progress import watch_run
+from consortia.server.report_cli import REPORT_DIR, REPORT_HTML, write_report
 from consortia.server.run_folder import RESULTS_FILE
 from consortia.server.submit import submit_run, write_app_dir
 from consortia.server.superlink import start_superlink
@@ -242,4 +243,7 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
             console.print("[red]interrupted: stopping every demo process[/]")
             raise
     console.print(f"Results: {run_dir / RESULTS_FILE}\nSite data, configs and logs: {workspace}")
+    report = run_dir / REPORT_DIR
+    write_report(run_dir, report)
+    console.print(f"Report (open in a browser): {report / REPORT_HTML}")
     return run_dir

@@ -55,9 +55,11 @@ from consortia.server.round_evaluation import record_evaluation
 from consortia.server.run_folder import RunFolder
 from consortia.server.run_privacy import RunPrivacy
 from consortia.server.run_state import RunState, load_strategy_state, save_strategy_state
+from consortia.server.saliency_store import store_saliency
 from consortia.server.secure_round import SecureAggregator, secure_average
 from consortia.server.site_roster import QuorumLostError, SiteRoster
 from consortia.server.sites import Site
+from consortia.server.tensorboard_log import open_tensorboard
 from consortia.server.update_validation import UPDATE_NORM, UpdateValidator, update_norms
 from consortia.server.updates import AcceptedUpdate, accept_update
 from consortia.server.verified_exchange import VerifiedExchange
@@ -119,6 +121,11 @@ class Federation:
         self.strategy: AggregationStrategy = build_strategy(settings.strategy)
         self.validator = UpdateValidator(settings.validation)
         self.resume_from = resume_from
+        self.tensorboard = (
+            open_tensorboard(folder.path, settings.model_dump(mode="json"))
+            if settings.report.tensorboard
+            else None
+        )
         self.ended_early: str | None = None
         self.stopped: str | None = None  # why the run stopped before its last round
 
@@ -225,8 +232,15 @@ class Federation:
         )
         return self.channel(messages, self.settings.round_timeout_s, on_reply, quorum)
 
-    def _record_evaluation(self, model_round: int, replies: Mapping[int, Message]) -> None:
-        record_evaluation(self.folder, self.settings.task, self.sites, model_round, replies)
+    def _record_evaluation(
+        self, model_round: int, replies: Mapping[int, Message], *, final: bool = False
+    ) -> None:
+        record_evaluation(
+            self.folder, self.settings.task, self.sites, model_round, replies, intervals=final
+        )
+        if self.tensorboard is not None:
+            [entry] = [e for e in self.folder.results["rounds"] if e["round"] == model_round]
+            self.tensorboard.log_round(entry)
 
     def _exclude(self, round_number: int, site: Site, reason: str) -> None:
         self.privacy.exclude(site.name, reason)
@@ -630,7 +644,10 @@ class Federation:
         last_round = max((entry["round"] for entry in self.folder.results["rounds"]), default=0)
         online = self.roster.online(self.settings.rounds + 1)
         final = self._wave(self.settings.rounds + 1, weights, trainers=(), online=online)
-        self._record_evaluation(last_round, final)
+        self._record_evaluation(last_round, final, final=True)
+        store_saliency(self.folder, self.sites, final)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.folder.results["node_audit_heads"] = dict(self.channel.node_audit_heads)
         self.folder.save()
         return weights

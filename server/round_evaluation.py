@@ -1,5 +1,6 @@
 """The global model's evaluation in one wave: per site, pooled over held-out sites and
-over training sites, written into the round's entry of results.json."""
+over training sites (and, for the final model, bootstrap confidence intervals), written
+into the round's entry of results.json."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 from flwr.app import Message
 
 from consortia.common import records as rk
+from consortia.common.bootstrap import REPLICATES
 from consortia.common.record_fields import (
     RecordFieldError,
     get_metric_record,
@@ -16,13 +18,40 @@ from consortia.common.record_fields import (
     metric_lists,
 )
 from consortia.common.settings import Role, Task
-from consortia.server.evaluation import pooled_metrics, site_metrics
+from consortia.server.evaluation import (
+    SiteEvaluation,
+    metric_intervals,
+    pooled_metrics,
+    site_metrics,
+)
 from consortia.server.run_folder import RunFolder
 from consortia.server.sites import Site
 
-__all__ = ["record_evaluation"]
+__all__ = ["HOLDOUT", "TRAINING_SITES", "record_evaluation"]
 
 logger = logging.getLogger("consortia.server")
+
+HOLDOUT = "holdout"
+TRAINING_SITES = "training_sites"
+
+
+def _replicates(reply: Message, name: str) -> dict[str, list[float]]:
+    """A site's bootstrap replicates, or none when it sent malformed ones."""
+    if rk.EVAL_BOOTSTRAP_KEY not in reply.content:
+        return {}
+    replicates = metric_lists(get_metric_record(reply.content, rk.EVAL_BOOTSTRAP_KEY))
+    if any(len(values) != REPLICATES for values in replicates.values()):
+        logger.warning("bootstrap replicates of %s ignored: not %d per metric", name, REPLICATES)
+        return {}
+    return replicates
+
+
+def _read_reply(reply: Message, name: str) -> SiteEvaluation:
+    sums = metric_floats(get_metric_record(reply.content, rk.EVAL_METRICS_KEY))
+    hists: dict[str, list[float]] = {}
+    if rk.EVAL_HIST_KEY in reply.content:
+        hists = metric_lists(get_metric_record(reply.content, rk.EVAL_HIST_KEY))
+    return SiteEvaluation(sums, hists, _replicates(reply, name))
 
 
 def record_evaluation(
@@ -31,36 +60,42 @@ def record_evaluation(
     sites: Mapping[int, Site],
     model_round: int,
     replies: Mapping[int, Message],
+    *,
+    intervals: bool = False,
 ) -> None:
-    """Record the evaluation of the model after `model_round` from the wave's replies."""
+    """Record the evaluation of the model after `model_round` from the wave's replies;
+    with `intervals` (the final model), also bootstrap confidence intervals."""
     per_site: dict[str, dict[str, float]] = {}
-    summaries: dict[str, tuple[dict[str, float], dict[str, list[float]]]] = {}
+    evaluations: dict[str, SiteEvaluation] = {}
     for node_id, reply in replies.items():
         if reply.has_error() or rk.EVAL_METRICS_KEY not in reply.content or node_id not in sites:
             continue
         name = sites[node_id].name
         try:
-            sums = metric_floats(get_metric_record(reply.content, rk.EVAL_METRICS_KEY))
-            hists: dict[str, list[float]] = {}
-            if rk.EVAL_HIST_KEY in reply.content:
-                hists = metric_lists(get_metric_record(reply.content, rk.EVAL_HIST_KEY))
+            evaluation = _read_reply(reply, name)
         except RecordFieldError as err:
             logger.warning("evaluation of %s ignored: %s", name, err)
             continue
-        summaries[name] = (sums, hists)
-        per_site[name] = site_metrics(task, sums, hists)
+        evaluations[name] = evaluation
+        per_site[name] = site_metrics(task, evaluation.sums, evaluation.histograms)
     roles = {site.name: site.role for site in sites.values()}
-    holdout = [summaries[n] for n in summaries if roles[n] is Role.HOLDOUT]
-    training = [summaries[n] for n in summaries if roles[n] is Role.TRAIN]
-    evaluation = {
-        "sites": per_site,
-        "holdout": pooled_metrics(task, holdout) if holdout else None,
-        "training_sites": pooled_metrics(task, training) if training else None,
+    groups = {
+        HOLDOUT: [name for name in evaluations if roles[name] is Role.HOLDOUT],
+        TRAINING_SITES: [name for name in evaluations if roles[name] is Role.TRAIN],
     }
-    folder.update_round(model_round, evaluation=evaluation)
-    for scope in ("holdout", "training_sites"):
-        pooled = evaluation[scope]
+    entry: dict[str, object] = {"sites": per_site}
+    for group, names in groups.items():
+        summaries = [evaluations[name].summary for name in names]
+        entry[group] = pooled_metrics(task, summaries) if summaries else None
+    if intervals and evaluations:
+        try:
+            entry["intervals"] = metric_intervals(task, evaluations, groups)
+        except (KeyError, ValueError) as err:  # a site's counts that do not resample
+            logger.warning("no confidence intervals for model %d: %s", model_round, err)
+    folder.update_round(model_round, evaluation=entry)
+    for group in groups:
+        pooled = entry[group]
         if isinstance(pooled, dict):
             shown = ", ".join(f"{k} {v:.4f}" for k, v in pooled.items() if k != "cases")
-            logger.info("model after round %d, %s: %s", model_round, scope, shown)
-    folder.event("evaluated", round=model_round, holdout=evaluation["holdout"], sites=per_site)
+            logger.info("model after round %d, %s: %s", model_round, group, shown)
+    folder.event("evaluated", round=model_round, holdout=entry[HOLDOUT], sites=per_site)

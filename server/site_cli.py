@@ -37,7 +37,7 @@ def _connection(superlink: str, state_dir: Path, ca: Path) -> SuperLinkConnectio
 def register(
     public_key: Annotated[Path, typer.Argument(help="The site's NAME.pub (consortia certs site).")],
     name: Annotated[
-        str | None, typer.Option(help="Site name [from the key's comment or file name].")
+        str | None, typer.Option(help="Site name \\[from the key's comment or file name].")
     ] = None,
     superlink: Superlink = "127.0.0.1:9092",
     state_dir: StateDir = _DEFAULT_STATE,

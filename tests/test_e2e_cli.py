@@ -7,8 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from consortia.common.demo_data import DemoDataSettings, write_site_npz
+from consortia.server.report_data import build_report
 from tests.cli_federation import CLI, CliFederation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -27,13 +29,15 @@ def test_server_nodes_and_run_commands(tmp_path: Path, federation: CliFederation
             index,
             DemoDataSettings(image_size=32, train_cases=16, test_cases=8),
         )
-        configs.append(federation.site_config(folder, name, role, "data.npz"))
+        # the held-out site shares two saliency maps of the final model
+        extra = "[saliency]\nimages = 2\nshare = true\n" if role == "holdout" else ""
+        configs.append(federation.site_config(folder, name, role, "data.npz", extra))
     federation.start_nodes(configs)
     results = federation.run(
         "cli-test",
         '[run]\nname = "cli-test"\nrounds = 2\nmin_sites = 3\n'
         "[run.model]\nchannels = [8, 16]\nstrides = [2]\nnorm_groups = 4\nnum_res_units = 0\n"
-        "[run.training]\nbatch_size = 8\n",
+        "[run.training]\nbatch_size = 8\n[run.report]\ntensorboard = true\n",
     )
     assert results["dir"].name.startswith("cli-test-")
     assert results["status"] == "completed"
@@ -44,6 +48,20 @@ def test_server_nodes_and_run_commands(tmp_path: Path, federation: CliFederation
     }
     assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
     assert results["rounds"][2]["evaluation"]["holdout"]["cases"] == 24
+    # every metric of every model version, logged live for TensorBoard
+    events = EventAccumulator(str(results["dir"] / "tensorboard"))
+    events.Reload()
+    holdout_dice = events.Scalars("eval/holdout/dice")
+    assert [event.step for event in holdout_dice] == [0, 1, 2]
+    final_dice = results["rounds"][2]["evaluation"]["holdout"]["dice"]
+    assert holdout_dice[-1].value == pytest.approx(final_dice, abs=1e-6)
+    assert [event.step for event in events.Scalars("train/north/loss")] == [1, 2]
+    # the saliency maps: kept at the site, and in the run folder because it shares them
+    kept = sorted((tmp_path / "east" / "state" / "saliency" / results["dir"].name).iterdir())
+    shared = sorted((results["dir"] / "saliency" / "east").iterdir())
+    assert [p.name for p in shared] == [p.name for p in kept] == ["case-00.png", "case-01.png"]
+    assert [p.read_bytes() for p in shared] == [p.read_bytes() for p in kept]
+    assert len(build_report(results["dir"])["saliency"]) == 2
     # the nodes kept their Flower state and logs where the site config said
     assert (tmp_path / "north" / "state" / "logs" / "supernode.log").is_file()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from consortia.server.run_folder import EVENTS_FILE
+from tests.browser import render_page
 from tests.processes import flower_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -89,6 +90,37 @@ def test_demo_runs_a_whole_federation(tmp_path: Path, task: str, sites: int) -> 
         assert rounds[1]["evaluation"]["holdout"]["hd95"] is None
     # the held-out site never trained
     assert all(holdout not in entry.get("train", {}) for entry in results["rounds"])
+    # 95% bootstrap intervals for the final model, per site and pooled
+    final = rounds[2]["evaluation"]
+    intervals = final["intervals"]
+    assert intervals["level"] == 0.95 and set(intervals["sites"]) == set(roles)
+    low, high = intervals["holdout"][metric]
+    assert low <= final["holdout"][metric] <= high
+    assert "intervals" not in rounds[1]["evaluation"]
+
+    # the held-out site drew saliency maps of the final model and kept them (not shared)
+    site_state = run_dir / "workspace" / "sites" / holdout / "node" / "saliency" / run_dir.name
+    assert len(list(site_state.glob("case-*.png"))) == 4
+    assert not (run_dir / "saliency").exists()
+
+    # The coordinator's report, opened in a browser.
+    report = subprocess.run(
+        [*CLI, "report", str(run_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert "report.html" in result.stdout  # the demo wrote one too
+    page = render_page(run_dir / "report" / "report.html")
+    cross = {row[0]: row for row in page.tables["cross-site"][1:]}
+    assert set(cross) == {*roles, "held-out sites (pooled)", "training sites (pooled)"}
+    assert f"[{low:.3f}, {high:.3f}]" in cross["held-out sites (pooled)"][3]
+    assert {row[0] for row in page.tables["participation"][1:]} == {"1", "2"}
+    figures = json.loads((run_dir / "report" / "report.json").read_text())["figures"]
+    assert {"learning-curves", "epsilon", "participation"} <= set(figures)
+    assert len(page.images) == len(figures) and page.colourful_pixels() > 20_000
 
     events = [json.loads(line) for line in (run_dir / EVENTS_FILE).read_text().splitlines()]
     kinds = [event["event"] for event in events]
