@@ -42,7 +42,6 @@ from monai.networks.layers.factories import Conv, Norm
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.networks.nets.resnet import ResNet
 from monai.networks.nets.unet import UNet
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -318,6 +317,10 @@ def _check_dp_compatible(model: nn.Module) -> None:
     ]
     if offending:
         raise RuntimeError(f"model has BatchNorm, PReLU or in-place modules at {offending}")
+    # Imported here: Opacus costs about a second, and most imports of this module (the
+    # settings, every `consortia` command) never build a model.
+    from opacus.validators import ModuleValidator
+
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise RuntimeError(f"model is not Opacus-compatible: {errors}")

@@ -17,7 +17,7 @@ from consortia.common.errors import ConsortiaError
 from consortia.common.logs import utc_now
 from consortia.common.provenance import PROVENANCE_FILE
 from consortia.server.round_evaluation import HOLDOUT, TRAINING_SITES
-from consortia.server.run_folder import RESULTS_FILE, SCHEMA
+from consortia.server.run_folder import RESULTS_FILE, read_results
 from consortia.server.saliency_store import SALIENCY_DIR
 
 __all__ = [
@@ -45,16 +45,12 @@ class ReportError(ConsortiaError):
 
 
 def load_results(run_dir: Path) -> dict[str, Any]:
-    """The run's results.json, checked to be one."""
-    path = run_dir / RESULTS_FILE
+    """The run's results.json, checked to be one with the parts a report reads."""
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReportError(f"{path}: not found (is {run_dir} a run folder?)") from None
-    except (OSError, ValueError) as err:
-        raise ReportError(f"{path}: unreadable ({err})") from None
-    if not isinstance(results, dict) or results.get("schema") != SCHEMA:
-        raise ReportError(f"{path}: not a {SCHEMA} file")
+        results = read_results(run_dir, missing=f"not found (is {run_dir} a run folder?)")
+    except ConsortiaError as err:
+        raise ReportError(str(err)) from None
+    path = run_dir / RESULTS_FILE
     for key, kind in (("rounds", list), ("sites", list), ("settings", dict)):
         if not isinstance(results.get(key), kind):
             raise ReportError(f"{path}: '{key}' is missing or not a {kind.__name__}")

@@ -31,7 +31,7 @@ from consortia.common.errors import ConsortiaError
 from consortia.common.files import sha256_file, write_json_atomic
 from consortia.common.logs import utc_now
 
-__all__ = ["EVENTS_FILE", "RESULTS_FILE", "RunFolder"]
+__all__ = ["EVENTS_FILE", "RESULTS_FILE", "SCHEMA", "RunFolder", "read_results"]
 
 RESULTS_FILE = "results.json"
 EVENTS_FILE = AUDIT_LOG_FILE
@@ -48,6 +48,21 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+def read_results(path: Path, *, missing: str = "not found") -> dict[str, Any]:
+    """The `results.json` of the run folder `path`, checked to be one; errors name the
+    file (`missing` says what its absence means)."""
+    results_path = path / RESULTS_FILE
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConsortiaError(f"{results_path}: {missing}") from None
+    except (OSError, ValueError) as err:
+        raise ConsortiaError(f"{results_path}: unreadable ({err})") from None
+    if not isinstance(results, dict) or results.get("schema") != SCHEMA:
+        raise ConsortiaError(f"{results_path}: not a {SCHEMA} file")
+    return results
 
 
 class RunFolder:
@@ -79,15 +94,7 @@ class RunFolder:
     def reopen(cls, path: Path) -> RunFolder:
         """The folder of a run that did not complete (killed, crashed, stopped for want
         of a quorum), to resume it; the audit chain is checked as it is reopened."""
-        results_path = path / RESULTS_FILE
-        try:
-            results = json.loads(results_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConsortiaError(f"{results_path}: no such run to resume") from None
-        except (OSError, ValueError) as err:
-            raise ConsortiaError(f"{results_path}: unreadable ({err})") from None
-        if not isinstance(results, dict) or results.get("schema") != SCHEMA:
-            raise ConsortiaError(f"{results_path}: not a {SCHEMA} file")
+        results = read_results(path, missing="no such run to resume")
         if results.get("status") == "completed":
             raise ConsortiaError(f"{path}: the run completed; there is nothing to resume")
         return cls(path, {}, results=results)

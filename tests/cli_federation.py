@@ -103,13 +103,17 @@ class CliFederation:
         self.nodes = []
 
     def stop(self) -> None:
-        self.stop_nodes()
-        if self.server is not None:
-            self.server.send_signal(signal.SIGTERM)
+        """SIGTERM the nodes and the server together (each launcher stops its own
+        children within its grace period), then wait for all of them."""
+        launchers = [*self.nodes, *([self.server] if self.server is not None else [])]
+        for launcher in launchers:
+            launcher.send_signal(signal.SIGTERM)
+        for launcher in launchers:
             try:
-                self.server.wait(timeout=60)
+                launcher.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                self.server.kill()
+                launcher.kill()
+        self.nodes = []
 
     def _security(self) -> list[str]:
         if self.consortium is None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 
 from tests.cli_federation import CliFederation
 
@@ -18,3 +19,15 @@ def federation(tmp_path: Path) -> Iterator[CliFederation]:
         yield fed
     finally:
         fed.stop()
+
+
+@pytest.fixture()
+def server_task_identity() -> Iterator[None]:
+    """What Flower's runtime sets in a ServerApp process before messages exist, so that
+    tests can build real request and reply messages."""
+    previous = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id = 31
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous

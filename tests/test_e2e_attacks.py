@@ -52,6 +52,8 @@ from tests.attacks import (
 )
 
 MODULE = COMPONENT.partition(":")[0]
+# Enough rounds for the clean model to settle (held-out Dice about 0.52 from round 8 on).
+ROUNDS = 8
 
 
 def test_poison_flips_or_scales_the_update() -> None:
@@ -117,24 +119,28 @@ def test_robust_strategies_withstand_one_malicious_site(tmp_path: Path) -> None:
     sites = tmp_path / "sites"
     write_sites(sites)
     with SimulatedFederation(tmp_path, sites) as federation:
-        clean = federation.run("clean-fedavg", run_config("clean", "fedavg"), Attack())
+        clean = federation.run(
+            "clean-fedavg", run_config("clean", "fedavg", rounds=ROUNDS), Attack()
+        )
         flipped = federation.run(
             "sign-flip-multi-krum",
-            run_config("flip", "multi_krum"),
+            run_config("flip", "multi_krum", rounds=ROUNDS),
             Attack(SIGN_FLIP, ATTACKER),
         )
         scaled = federation.run(
             "scale-100-trimmed-mean",
-            run_config("x100", "trimmed_mean"),
+            run_config("x100", "trimmed_mean", rounds=ROUNDS),
             Attack(SCALE_100, ATTACKER),
         )
         contrast = federation.run(
-            "scale-100-fedavg", run_config("x100-fedavg", "fedavg"), Attack(SCALE_100, ATTACKER)
+            "scale-100-fedavg",
+            run_config("x100-fedavg", "fedavg", rounds=ROUNDS),
+            Attack(SCALE_100, ATTACKER),
         )
     runs = {"clean": clean, "flip": flipped, "x100": scaled, "x100-fedavg": contrast}
     for results in runs.values():
         assert results["status"] == "completed"
-        assert len(results["rounds"]) == 11  # the untrained model and 10 rounds
+        assert len(results["rounds"]) == ROUNDS + 1  # the untrained model and every round
     dice = {name: final_holdout_dice(results) for name, results in runs.items()}
     untrained = initial_holdout_dice(clean)
     # The clean run learns: "within 2 points" is about a model that segments.

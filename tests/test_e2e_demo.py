@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from consortia.server.report_cli import write_report
 from consortia.server.run_folder import EVENTS_FILE
 from tests.browser import render_page
 from tests.processes import flower_processes
@@ -103,17 +104,10 @@ def test_demo_runs_a_whole_federation(tmp_path: Path, task: str, sites: int) -> 
     assert len(list(site_state.glob("case-*.png"))) == 4
     assert not (run_dir / "saliency").exists()
 
-    # The coordinator's report, opened in a browser.
-    report = subprocess.run(
-        [*CLI, "report", str(run_dir), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
-    assert "report.html" in result.stdout  # the demo wrote one too
+    # The report the demo wrote, opened in a browser (and its data, as `--json` has it).
+    assert "report.html" in result.stdout
     page = render_page(run_dir / "report" / "report.html")
+    write_report(run_dir, run_dir / "report", json_copy=True)
     cross = {row[0]: row for row in page.tables["cross-site"][1:]}
     assert set(cross) == {*roles, "held-out sites (pooled)", "training sites (pooled)"}
     assert f"[{low:.3f}, {high:.3f}]" in cross["held-out sites (pooled)"][3]

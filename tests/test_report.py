@@ -4,21 +4,25 @@ tests/test_e2e_demo.py and tests/test_e2e_cli.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
+import logging
+import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from consortia.common.cli import main
 from consortia.common.files import write_json_atomic
 from consortia.server.report_cli import REPORT_HTML, REPORT_JSON, write_report
 from consortia.server.report_data import ReportError, build_report
 from consortia.server.run_folder import RESULTS_FILE, SCHEMA
 from tests.browser import render_page
-from tests.cli_federation import CLI
 
 _INTERVAL = [0.41, 0.58]
 
@@ -174,30 +178,48 @@ def test_report_page_renders_in_chromium(tmp_path: Path) -> None:
     assert page.colourful_pixels() > 20_000
 
 
+def _consortia(*args: str) -> tuple[int, str]:
+    """`consortia ARGS` as the console script runs it (its error handling and exit code
+    included), in this process: (exit code, what it logged and printed). The `consortia`
+    logger is restored afterwards."""
+    logger = logging.getLogger("consortia")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    stream = io.StringIO()
+    logger.addHandler(logging.StreamHandler(stream))
+    try:
+        with (
+            mock.patch.object(sys, "argv", ["consortia", *args]),
+            contextlib.redirect_stdout(stream),
+            contextlib.redirect_stderr(stream),
+            pytest.raises(SystemExit) as exit_info,
+        ):
+            main()
+            raise SystemExit(0)
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.propagate = saved[1]
+        logger.setLevel(saved[2])
+    return int(exit_info.value.code or 0), stream.getvalue()
+
+
 def test_report_of_a_folder_without_results_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match=r"results\.json: not found"):
         build_report(tmp_path)
     (tmp_path / RESULTS_FILE).write_text('{"schema": "other"}', encoding="utf-8")
     with pytest.raises(ReportError, match=r"results\.json: not a consortia\.results/1 file"):
         build_report(tmp_path)
-    result = subprocess.run(
-        [*CLI, "report", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert result.returncode == 2
-    assert "results.json: not a consortia.results/1 file" in result.stderr + result.stdout
+    code, output = _consortia("report", str(tmp_path))
+    assert code == 2
+    assert "results.json: not a consortia.results/1 file" in output
     assert not (tmp_path / "report" / REPORT_HTML).exists()
 
 
 def test_report_cli_writes_html_json_and_tensorboard(tmp_path: Path) -> None:
     write_run_folder(tmp_path / "run")
-    result = subprocess.run(
-        [*CLI, "report", str(tmp_path / "run"), "--json", "--tensorboard", str(tmp_path / "tb")],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    code, output = _consortia(
+        "report", str(tmp_path / "run"), "--json", "--tensorboard", str(tmp_path / "tb")
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert code == 0, output
     assert (tmp_path / "run" / "report" / REPORT_HTML).is_file()
     data = json.loads((tmp_path / "run" / "report" / REPORT_JSON).read_text())
     assert data["figures"]["epsilon"] == "figures/epsilon.png"

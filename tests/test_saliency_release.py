@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from PIL import Image
 
 from consortia.client.saliency_release import (
@@ -39,20 +37,12 @@ from consortia.server.saliency_store import (
 )
 from consortia.server.sites import Site
 
+# Real request and reply messages, as in a ServerApp process.
+pytestmark = pytest.mark.usefixtures("server_task_identity")
+
 MODEL = ModelConfig(channels=(8, 16), strides=(2,), norm_groups=4, num_res_units=0)
 HOLDOUT = Site(7, "east", Role.HOLDOUT, 0, 6, "f" * 64)
 TRAINER = Site(8, "north", Role.TRAIN, 10, 4, "e" * 64)
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    # What Flower's runtime sets in a ServerApp process before messages exist.
-    previous = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 31
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
 
 
 def _site(tmp_path: Path, role: str, saliency: str) -> SiteSettings:

@@ -3,11 +3,8 @@ and outliers against the median of the other sites' norms."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 
 from consortia.common.settings import RunSettings
 from consortia.common.strategy_settings import ValidationSettings
@@ -22,18 +19,11 @@ from consortia.server.update_validation import (
 from consortia.server.updates import accept_update
 from tests.test_updates import GLOBAL, SITE, train_reply
 
+# Real request and reply messages, as in a ServerApp process.
+pytestmark = pytest.mark.usefixtures("server_task_identity")
+
 RNG = np.random.default_rng(5)
 GLOBAL_BIG = RNG.normal(size=10_000).astype(np.float32)
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    previous = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 32
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
 
 
 def _site_update(scale: float, seed: int) -> np.ndarray:

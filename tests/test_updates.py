@@ -3,14 +3,12 @@ the server may aggregate it (keys, shape, dtype, finite values, example count)."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from consortia.common import records as rk
 from consortia.common.record_fields import RecordFieldError
@@ -19,6 +17,9 @@ from consortia.server.aggregation import UpdateShapeError
 from consortia.server.run_privacy import RunPrivacy
 from consortia.server.sites import Site
 from consortia.server.updates import accept_update
+
+# Real request and reply messages, as in a ServerApp process.
+pytestmark = pytest.mark.usefixtures("server_task_identity")
 
 SITE = Site(
     node_id=7,
@@ -29,17 +30,6 @@ SITE = Site(
     data_fingerprint="f" * 64,
 )
 GLOBAL = np.linspace(-1.0, 1.0, 12, dtype=np.float32)
-
-
-@pytest.fixture(autouse=True)
-def _task_identity() -> Iterator[None]:
-    # What Flower's runtime sets in a ServerApp process before messages exist.
-    previous = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 31
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
 
 
 def train_reply(
