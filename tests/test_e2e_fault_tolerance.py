@@ -119,10 +119,10 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliFederation]:
 
 
 def test_server_killed_mid_run_resumes_to_the_same_model(fed: CliFederation) -> None:
-    baseline = fed.run("steady", _config("steady", rounds=2))
+    baseline = fed.run("steady", _config("steady", rounds=3))
     assert baseline["status"] == "completed"
 
-    run_dir = fed.submit("crash", _config("crash", rounds=2))
+    run_dir = fed.submit("crash", _config("crash", rounds=3))
     _wait("round 2 to start", lambda: _has_event(run_dir, "round_started", round=2))
     fed.kill_server()
     state = json.loads((run_dir / STATE_FILE).read_text())
@@ -131,7 +131,7 @@ def test_server_killed_mid_run_resumes_to_the_same_model(fed: CliFederation) -> 
 
     resumed = fed.resume(run_dir)
     assert resumed["status"] == "completed", resumed.get("stopped")
-    assert [entry["round"] for entry in resumed["rounds"]] == [0, 1, 2]
+    assert [entry["round"] for entry in resumed["rounds"]] == [0, 1, 2, 3]
     assert resumed["resumed"][0]["after_round"] == 1
     for entry in resumed["rounds"][1:]:
         assert sorted(entry["participants"]) == list(TRAINERS)
