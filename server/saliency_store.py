@@ -5,6 +5,7 @@ with its reason; the run goes on."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
@@ -17,7 +18,7 @@ from flwr.app import Message
 from PIL import Image, UnidentifiedImageError
 
 from consortia.common import records as rk
-from consortia.common.files import sha256_file, write_atomic
+from consortia.common.files import write_atomic
 from consortia.common.record_fields import RecordFieldError, get_array, get_array_record
 from consortia.common.settings import Role
 from consortia.server.run_folder import RunFolder
@@ -104,7 +105,7 @@ def store_saliency(
         for name, png in maps.items():
             path = target / f"{name}.png"
             write_atomic(path, partial(_write_bytes, png))
-            digests.append(sha256_file(path))
+            digests.append(hashlib.sha256(png).hexdigest())
         folder.event(SALIENCY_RECEIVED, site=site.name, images=len(maps), sha256=digests)
         logger.info("%d saliency maps shared by %s kept in the run folder", len(maps), site.name)
         kept += len(maps)
