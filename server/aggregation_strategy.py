@@ -149,8 +149,11 @@ class AggregationStrategy:
         """The next global model from this round's updates (the full models the sites
         sent back). Raises `TooFewUpdatesError` when the round has too few for the rule."""
         self._check(global_weights, updates)
+        # In site order, not arrival order: floating-point sums then come out the same
+        # bits in every run, so a resumed run can reproduce an uninterrupted one exactly.
+        updates = sorted(updates, key=lambda update: update.site)
         dtype = global_weights.dtype
-        sites = sorted(update.site for update in updates)
+        sites = [update.site for update in updates]
         vectors = [update.weights for update in updates]
         if self.linear:
             mean = weighted_average([(u.weights, u.examples) for u in updates])
