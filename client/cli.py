@@ -10,9 +10,7 @@ import typer
 
 from consortia.client.approve_cli import approvals, approve, revoke
 from consortia.client.connection_check import check_server_connection
-from consortia.client.data.dataset import SiteDataset
 from consortia.client.data_cli import data_app
-from consortia.client.node import run_node
 from consortia.client.node_audit import node_audit_for
 from consortia.common.audit_log import NODE_STARTED
 from consortia.common.processes import stop_on_sigterm
@@ -35,6 +33,11 @@ def node_start(
     num_threads: Annotated[int | None, typer.Option(help="Torch threads per task.")] = None,
 ) -> None:
     """Start this site's Flower SuperNode and executor; runs until Ctrl-C."""
+    # Here, not at the top: the data readers and the node's executor load torch and MONAI,
+    # which every other `consortia` command can start without.
+    from consortia.client.data.dataset import SiteDataset
+    from consortia.client.node import run_node
+
     site = load_site_settings(site_config)
     site.node.check_connection_files(str(site_config))
     if site.node.key is not None:

@@ -6,17 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from consortia.client.data.check import CheckReport
-from consortia.client.data.dataset import SiteDataset
-from consortia.client.data.deidentify import DeidentifyReport, deidentify_tree
-from consortia.client.data.folder_check import check_dicom_folder
+if TYPE_CHECKING:  # the readers (MONAI, torch, pydicom) load when a command runs
+    from consortia.client.data.check import CheckReport
+    from consortia.client.data.deidentify import DeidentifyReport
 
 __all__ = ["data_app"]
 
@@ -131,6 +130,9 @@ def check(
 ) -> None:
     """Read every case the way training will; exit 0 if usable, 1 if not, 2 on a bad
     manifest."""
+    from consortia.client.data.dataset import SiteDataset
+    from consortia.client.data.folder_check import check_dicom_folder
+
     if not path.exists():
         raise typer.BadParameter(f"{path} does not exist", param_hint="PATH")
     with _progress("reading cases", enabled=not json_output) as on_case:
@@ -176,6 +178,8 @@ def deidentify(
     dst: Annotated[Path, typer.Argument(help="New folder for the de-identified copy.")],
 ) -> None:
     """Write a de-identified copy of SRC into DST and report what changed (counts only)."""
+    from consortia.client.data.deidentify import deidentify_tree
+
     if not src.is_dir():
         raise typer.BadParameter(f"{src} is not a folder", param_hint="SRC")
     with _progress("de-identifying", enabled=True) as on_file:

@@ -20,9 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consortia.common import run_identity
 from consortia.common.errors import ConfigError, ConsortiaError
-from consortia.common.files import write_json_atomic
+from consortia.common.files import exclusive_lock, write_json_atomic
 from consortia.common.logs import utc_now
-from consortia.common.privacy_ledger import ledger_lock
 from consortia.common.run_identity import short_hash
 from consortia.common.settings import RunSettings, SiteSettings, format_validation_error
 
@@ -119,7 +118,7 @@ class ApprovalStore:
         except ValidationError as err:
             raise ConfigError(format_validation_error("approval", err)) from None
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with ledger_lock(self.path):
+        with exclusive_lock(self.path):
             approvals = self._read()
             for existing in approvals:
                 if (existing.config_hash, existing.app_hash) == (
@@ -148,7 +147,7 @@ class ApprovalStore:
         missing = f"{self.path}: no approval has config hash {short_hash(config_hash)}"
         if not self.path.is_file():
             raise ConfigError(missing)
-        with ledger_lock(self.path):
+        with exclusive_lock(self.path):
             approvals = self._read()
             removed = [a for a in approvals if a.config_hash == config_hash]
             if not removed:

@@ -8,19 +8,40 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 __all__ = [
+    "exclusive_lock",
     "json_default",
     "sha256_file",
     "write_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]
+
+try:  # POSIX advisory locks; elsewhere one process at a time is assumed
+    import fcntl
+except ImportError:  # pragma: no cover - Windows nodes run one task at a time
+    fcntl = None  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (through the file `path` + ``.lock``) for the
+    block: a read-modify-write of `path` by another process waits for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_suffix(".lock").open("a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def sha256_file(path: Path) -> str:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from consortia.common.errors import ConsortiaError
-from consortia.common.files import write_json_atomic
+from consortia.common.files import exclusive_lock, write_json_atomic
 from consortia.common.hash_chain import (
     HASH_FIELD,
     PREV_FIELD,
@@ -42,11 +42,6 @@ __all__ = [
 ]
 
 LEDGER_SCHEMA = "consortia.privacy-ledger/1"
-
-try:  # POSIX: serialise rounds of concurrent runs on one data set
-    import fcntl
-except ImportError:  # pragma: no cover - Windows nodes run one task at a time
-    fcntl = None  # type: ignore[assignment]
 
 
 class LedgerError(ConsortiaError):
@@ -117,19 +112,10 @@ def ledger_path(ledger_dir: Path, dataset_fingerprint: str) -> Path:
     return ledger_dir / f"{dataset_fingerprint}.json"
 
 
-@contextlib.contextmanager
-def ledger_lock(path: Path) -> Iterator[None]:
+def ledger_lock(path: Path) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive lock on a ledger from reading it to writing the next entry, so
     two runs training on the same data set at once cannot both spend the same budget."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_suffix(".lock").open("a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return exclusive_lock(path)
 
 
 class PrivacyLedger:

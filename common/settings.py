@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from consortia.common.errors import ConfigError
-from consortia.common.models import ModelSettings
+from consortia.common.model_settings import ModelSettings
 from consortia.common.privacy_settings import (
     CentralPrivacySettings,
     PrivacyPolicy,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -40,8 +40,10 @@ from consortia.server.audit_verify import (
     parse_site_keys,
     verify_path,
 )
-from consortia.server.privacy_audit import PrivacyAudit, SiteAudit, audit_privacy
-from consortia.server.privacy_recompute import VALUE_DISCRETIZATION_INTERVAL, Recomputed
+
+if TYPE_CHECKING:  # the privacy audit (Opacus, torch, dp_accounting) loads when it runs
+    from consortia.server.privacy_audit import PrivacyAudit, SiteAudit
+    from consortia.server.privacy_recompute import Recomputed
 
 __all__ = [
     "audit_app",
@@ -192,6 +194,8 @@ def _ledger_tables(audit: PrivacyAudit) -> list[Table]:
 
 def render_audit(audit: PrivacyAudit, console: Console) -> None:
     """The audit as Rich tables, then the flags."""
+    from consortia.server.privacy_recompute import VALUE_DISCRETIZATION_INTERVAL
+
     sample = audit.sample_level
     console.print(
         f"[bold]Privacy audit of run {escape(audit.run_name)}[/] ({escape(audit.run_dir)})"
@@ -247,6 +251,8 @@ def privacy_command(
 
     Recomputes with Google's dp-accounting (RDP and PLD). Exit status 0: nothing flagged;
     1: findings (listed at the end); 2: unusable input. See docs/auditing.md."""
+    from consortia.server.privacy_audit import audit_privacy
+
     try:
         audit = audit_privacy(run_dir, ledger or [])
     except ConsortiaError as err:

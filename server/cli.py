@@ -17,7 +17,6 @@ from consortia.common.processes import ProcessGroup, stop_on_sigterm
 from consortia.common.settings import Task, load_run_settings, run_settings_from_json
 from consortia.server.audit_cli import audit_app
 from consortia.server.certs_cli import certs_app
-from consortia.server.demo import DemoOptions, run_demo
 from consortia.server.progress import watch_run
 from consortia.server.report_cli import report_command
 from consortia.server.run_state import resume_target
@@ -185,6 +184,10 @@ def demo_command(
     ] = True,
 ) -> None:
     """A whole federation on this machine on synthetic data (SuperLink + SuperNodes)."""
+    # Here, not at the top: the demo's report loads MONAI and matplotlib, which the other
+    # `consortia` commands start without.
+    from consortia.server.demo import DemoOptions, run_demo
+
     stop_on_sigterm()
     # ResNet-18 steps cost more than the small U-Net's; classification learns with fewer.
     train_cases = cases or (960 if task is Task.SEGMENTATION else 320)

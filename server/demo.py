@@ -30,7 +30,7 @@ from consortia.common.settings import (
 )
 from consortia.server.local_consortium import LocalConsortium, SiteKeys
 from consortia.server.progress import watch_run
-from consortia.server.report_cli import REPORT_DIR, REPORT_HTML, write_report
+from consortia.server.report_writer import REPORT_DIR, REPORT_HTML, write_report
 from consortia.server.run_folder import RESULTS_FILE
 from consortia.server.submit import submit_run, write_app_dir
 from consortia.server.superlink import start_superlink

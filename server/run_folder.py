@@ -16,10 +16,9 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from consortia.common.audit_log import (
     AUDIT_LOG_FILE,
@@ -30,6 +29,9 @@ from consortia.common.audit_log import (
 from consortia.common.errors import ConsortiaError
 from consortia.common.files import sha256_file, write_json_atomic
 from consortia.common.logs import utc_now
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["EVENTS_FILE", "RESULTS_FILE", "SCHEMA", "RunFolder", "read_results"]
 
@@ -120,6 +122,8 @@ class RunFolder:
     def checkpoint(self, round_number: int, state: Mapping[str, torch.Tensor]) -> tuple[str, str]:
         """Save the global model after `round_number`; returns its path in the folder and
         the file's SHA-256 (recorded in the audit log)."""
+        import torch  # here: readers of run folders (audits, reports) run without torch
+
         relative = f"{CHECKPOINT_DIR}/round-{round_number:03d}.pt"
         target = self.path / relative
         tmp = target.with_suffix(".tmp")

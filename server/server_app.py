@@ -24,10 +24,9 @@ from consortia.server.run_provenance import write_run_provenance
 from consortia.server.run_state import RunState
 from consortia.server.server_security import ServerSecurity
 from consortia.server.site_registry import SiteRegistry
+from consortia.server.superlink import RUNS_DIR_ENV
 
 __all__ = ["RUNS_DIR_ENV", "app", "runs_dir"]
-
-RUNS_DIR_ENV = "CONSORTIA_RUNS_DIR"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 logger = logging.getLogger("consortia.server")

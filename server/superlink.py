@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 from consortia.common.processes import ManagedProcess, ProcessGroup, process_env, wait_for_port
-from consortia.server.server_app import RUNS_DIR_ENV
 from consortia.server.server_security import ServerSecurity
 
-__all__ = ["start_superlink", "superlink_args"]
+__all__ = ["RUNS_DIR_ENV", "start_superlink", "superlink_args"]
+
+#: Where the ServerApps that this SuperLink starts write their run folders.
+RUNS_DIR_ENV = "CONSORTIA_RUNS_DIR"
 
 
 def superlink_args(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from consortia.server.report_cli import write_report
+from consortia.server.report_writer import write_report
 from consortia.server.run_folder import EVENTS_FILE
 from tests.browser import render_page
 from tests.processes import flower_processes

@@ -19,8 +19,8 @@ from PIL import Image
 
 from consortia.common.cli import main
 from consortia.common.files import write_json_atomic
-from consortia.server.report_cli import REPORT_HTML, REPORT_JSON, write_report
 from consortia.server.report_data import ReportError, build_report
+from consortia.server.report_writer import REPORT_HTML, REPORT_JSON, write_report
 from consortia.server.run_folder import RESULTS_FILE, SCHEMA
 from tests.browser import render_page
 
