@@ -20,6 +20,7 @@ import numpy as np
 
 from consortia.common.errors import ConsortiaError
 from consortia.common.files import sha256_file, write_atomic, write_json_atomic
+from consortia.server.run_folder import RESULTS_FILE, read_results
 
 __all__ = [
     "STATE_FILE",
@@ -106,14 +107,12 @@ class ResumeTarget:
 def resume_target(run_dir: Path) -> ResumeTarget:
     """The run in `run_dir` (its settings and name) and the round it resumes after;
     raises `RunStateError` naming the file and problem when it cannot be resumed."""
-    results_path = run_dir / "results.json"
     try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunStateError(f"{results_path}: no run folder here") from None
-    except (OSError, ValueError) as err:
-        raise RunStateError(f"{results_path}: unreadable ({err})") from None
-    if not isinstance(results, dict) or not isinstance(results.get("settings"), dict):
+        results = read_results(run_dir, missing="no run folder here")
+    except ConsortiaError as err:
+        raise RunStateError(str(err)) from None
+    results_path = run_dir / RESULTS_FILE
+    if not isinstance(results.get("settings"), dict):
         raise RunStateError(f"{results_path}: no run settings in it")
     if results.get("status") == "completed":
         raise RunStateError(f"{run_dir}: the run completed; there is nothing to resume")

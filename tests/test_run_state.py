@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from consortia.common.files import sha256_file, write_json_atomic
 from consortia.common.settings import RunSettings
+from consortia.server.run_folder import RESULTS_FILE, SCHEMA
 from consortia.server.run_privacy import RunPrivacy, SitePrivacy
 from consortia.server.run_state import (
     STATE_FILE,
@@ -85,7 +87,11 @@ def test_resume_target_refuses_a_completed_run(tmp_path: Path) -> None:
     run_dir = tmp_path / "study-1"
     _state(run_dir).save(run_dir)
     results: dict[str, object] = {"status": "completed", "settings": {}, "config_hash": "c" * 64}
-    write_json_atomic(run_dir / "results.json", results)
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    with pytest.raises(RunStateError, match=f"not a {re.escape(SCHEMA)} file"):
+        resume_target(run_dir)
+    results["schema"] = SCHEMA
+    write_json_atomic(run_dir / RESULTS_FILE, results)
     with pytest.raises(RunStateError, match="nothing to resume"):
         resume_target(run_dir)
     results["status"] = "running"
