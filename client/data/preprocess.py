@@ -11,8 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from monai.transforms import Resize, ResizeWithPadOrCrop
-from monai.utils import convert_to_numpy
 
 from consortia.client.data.manifest import PreprocessSettings
 from consortia.client.data.volume import CaseProblem
@@ -49,6 +47,10 @@ def _match_channels(array: np.ndarray, channels: int, where: str) -> np.ndarray:
 
 def prepare_image(array: np.ndarray, settings: PreprocessSettings, where: str) -> np.ndarray:
     """(C, *spatial) float32 at `settings.spatial_size` with `settings.channels` channels."""
+    # MONAI (with torch, about 4 s) loads on the first resize, not when a node starts.
+    from monai.transforms import Resize, ResizeWithPadOrCrop
+    from monai.utils import convert_to_numpy
+
     size = settings.spatial_size
     array = _match_dims(array, len(size), where, channels_first=True)
     array = _match_channels(array.astype(np.float32, copy=False), settings.channels, where)
@@ -66,6 +68,9 @@ def prepare_image(array: np.ndarray, settings: PreprocessSettings, where: str) -
 def prepare_label(label: np.ndarray, settings: PreprocessSettings, where: str) -> np.ndarray:
     """A mask aligned to the image as read, (*spatial) int64 at `settings.spatial_size`;
     the same pad/crop as the image, or a nearest-neighbour resize."""
+    from monai.transforms import Resize, ResizeWithPadOrCrop
+    from monai.utils import convert_to_numpy
+
     size = settings.spatial_size
     label = _match_dims(label, len(size), where, channels_first=False)
     if tuple(label.shape) != size:
