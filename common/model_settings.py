@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-__all__ = ["RESNET_LAYERS", "RESNET_PLANES", "Architecture", "ModelSettings", "NormKind"]
+__all__ = [
+    "GROUP",
+    "INSTANCE",
+    "RESNET_LAYERS",
+    "RESNET_PLANES",
+    "UNET",
+    "Architecture",
+    "ModelSettings",
+    "NormKind",
+]
 
 Architecture = Literal["unet", "resnet18", "resnet34"]
 NormKind = Literal["group", "instance"]
