@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.server.strategy.aggregate import aggregate, aggregate_krum, aggregate_median
 from flwr.serverapp.strategy import FedAdam, FedYogi
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
-from flwr.supercore.task_identity import TaskIdentity
 from pydantic import ValidationError
 
 from consortia.common.errors import ConfigError
@@ -308,18 +306,7 @@ def test_server_optimizer_matches_a_direct_computation(kind: OptimizerKind) -> N
     assert np.max(np.abs(weights - start)) > 0.01  # the optimizer moved the model
 
 
-@pytest.fixture()
-def _task_identity() -> Iterator[None]:
-    # What Flower's runtime sets before messages exist.
-    previous = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
-
-
-@pytest.mark.usefixtures("_task_identity")
+@pytest.mark.usefixtures("server_task_identity")
 @pytest.mark.parametrize(("kind", "flower_class"), [("fedadam", FedAdam), ("fedyogi", FedYogi)])
 def test_strategy_matches_flowers_fedopt(kind: str, flower_class: type[FedAdam | FedYogi]) -> None:
     rng = np.random.default_rng(7)
