@@ -45,38 +45,50 @@ def _match_channels(array: np.ndarray, channels: int, where: str) -> np.ndarray:
     raise CaseProblem(where, f"image has {have} channels, the data set takes {channels}")
 
 
-def prepare_image(array: np.ndarray, settings: PreprocessSettings, where: str) -> np.ndarray:
-    """(C, *spatial) float32 at `settings.spatial_size` with `settings.channels` channels."""
+def _resize(
+    array: np.ndarray,
+    size: tuple[int, ...],
+    resize: str,
+    *,
+    pad_value: float,
+    mode: str,
+    anti_aliasing: bool = False,
+) -> np.ndarray:
+    """(C, *spatial) `array` at `size`: a centred pad (with `pad_value`) and crop, or an
+    interpolating resize with `mode`."""
     # MONAI (with torch, about 4 s) loads on the first resize, not when a node starts.
     from monai.transforms import Resize, ResizeWithPadOrCrop
     from monai.utils import convert_to_numpy
 
+    if resize == "pad-crop":
+        transform: Callable[[Any], Any] = ResizeWithPadOrCrop(size, value=pad_value)
+    else:
+        transform = Resize(size, mode=mode, anti_aliasing=anti_aliasing)
+    return np.asarray(convert_to_numpy(transform(array)))
+
+
+def prepare_image(array: np.ndarray, settings: PreprocessSettings, where: str) -> np.ndarray:
+    """(C, *spatial) float32 at `settings.spatial_size` with `settings.channels` channels."""
     size = settings.spatial_size
     array = _match_dims(array, len(size), where, channels_first=True)
     array = _match_channels(array.astype(np.float32, copy=False), settings.channels, where)
     if tuple(array.shape[1:]) != size:
-        if settings.resize == "pad-crop":
-            transform: Callable[[Any], Any] = ResizeWithPadOrCrop(size, value=float(array.min()))
-        else:
-            mode = "bilinear" if len(size) == 2 else "trilinear"
-            shrinks = any(n > s for n, s in zip(array.shape[1:], size, strict=True))
-            transform = Resize(size, mode=mode, anti_aliasing=shrinks)
-        array = convert_to_numpy(transform(array))
+        array = _resize(
+            array,
+            size,
+            settings.resize,
+            pad_value=float(array.min()),
+            mode="bilinear" if len(size) == 2 else "trilinear",
+            anti_aliasing=any(n > s for n, s in zip(array.shape[1:], size, strict=True)),
+        )
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def prepare_label(label: np.ndarray, settings: PreprocessSettings, where: str) -> np.ndarray:
     """A mask aligned to the image as read, (*spatial) int64 at `settings.spatial_size`;
     the same pad/crop as the image, or a nearest-neighbour resize."""
-    from monai.transforms import Resize, ResizeWithPadOrCrop
-    from monai.utils import convert_to_numpy
-
     size = settings.spatial_size
     label = _match_dims(label, len(size), where, channels_first=False)
     if tuple(label.shape) != size:
-        if settings.resize == "pad-crop":
-            transform: Callable[[Any], Any] = ResizeWithPadOrCrop(size, value=0)
-        else:
-            transform = Resize(size, mode="nearest")
-        label = convert_to_numpy(transform(label[None]))[0]
+        label = _resize(label[None], size, settings.resize, pad_value=0, mode="nearest")[0]
     return np.ascontiguousarray(np.rint(label), dtype=np.int64)
