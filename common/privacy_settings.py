@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 __all__ = [
     "ACCOUNTANTS",
@@ -67,10 +67,13 @@ class PrivacyPolicy(_Strict):
     """`[privacy]` in a site config: the hospital's own limits, enforced by its node.
 
     `max_epsilon` bounds the total epsilon ever spent on one data set, across rounds and
-    runs, at the site's `delta`; the site's privacy ledger keeps the tally."""
+    runs, at the site's `delta`; the site's privacy ledger keeps the tally.
+    `refuse_if_unlikely_to_learn` refuses, at approval and before training, a study the
+    privacy planner judges unlikely to learn (`consortia.common.privacy_planner`)."""
 
     max_epsilon: Annotated[float, Field(gt=0.0, le=1000.0)] = 10.0
     delta: Annotated[float, Field(gt=0.0, lt=0.1)] = 1e-5
     min_noise_multiplier: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
     max_grad_norm: Annotated[float, Field(gt=0.0, le=1000.0)] = 10.0
     allow_non_private: bool = False
+    refuse_if_unlikely_to_learn: StrictBool = False
