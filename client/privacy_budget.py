@@ -16,6 +16,7 @@ from consortia.common.errors import ConsortiaError
 from consortia.common.logs import utc_now
 from consortia.common.privacy_accounting import epsilon_of, noise_for_target, poisson_plan
 from consortia.common.privacy_ledger import LedgerEntry, PrivacyLedger
+from consortia.common.privacy_planner import learning_refusal
 from consortia.common.privacy_settings import PrivacyPolicy, SamplePrivacySettings
 
 __all__ = ["PrivacyRefusedError", "RoundRequest", "plan_round", "record_round"]
@@ -78,6 +79,11 @@ def plan_round(
             f"noise multiplier {sigma:.3f} is below the site's minimum "
             f"{policy.min_noise_multiplier:g}"
         )
+    refusal = learning_refusal(
+        policy, sigma, plan.sample_rate, num_examples, settings.max_grad_norm
+    )
+    if refusal is not None:  # [privacy] refuse_if_unlikely_to_learn: the planner's judgement
+        raise PrivacyRefusedError(refusal)
     history = ledger.history()
     step = (sigma, plan.sample_rate, steps)
     projected = epsilon_of([*history, step], policy.delta, settings.accountant)
