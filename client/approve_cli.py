@@ -1,6 +1,8 @@
 """`consortia node approve | approvals | revoke`: the runs a hospital agrees to take part in.
 
-Plain Typer command functions; the lead registers them on the `node` group.
+Plain Typer command functions; the lead registers them on the `node` group. `approve`
+first shows the study's privacy plan at this site (`consortia privacy plan`), and refuses
+a study unlikely to learn when the site's policy sets `refuse_if_unlikely_to_learn`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from consortia.client.privacy_cli import print_plan, site_plan
 from consortia.common.approvals import Approval, ApprovalStore
+from consortia.common.errors import ConsortiaError
 from consortia.common.run_identity import app_hash_details, config_hash, short_hash
-from consortia.common.settings import load_run_settings, load_site_settings
+from consortia.common.settings import (
+    Role,
+    RunSettings,
+    SiteSettings,
+    load_run_settings,
+    load_site_settings,
+)
 
 __all__ = ["approvals", "approve", "revoke"]
 
@@ -34,6 +44,36 @@ def _store(site_config: Path) -> ApprovalStore:
     return ApprovalStore.for_site(load_site_settings(site_config))
 
 
+def _show_plan(
+    settings: RunSettings,
+    site: SiteSettings,
+    run_config: Path,
+    site_config: Path,
+    console: Console,
+) -> None:
+    """Print the study's privacy plan at this site; raise `UnlikelyToLearnError` when the
+    site's policy refuses studies unlikely to learn and this one is, or cannot be planned."""
+    from consortia.common.privacy_planner import UnlikelyToLearnError
+
+    refuse = site.privacy.refuse_if_unlikely_to_learn
+    field = f"{site_config}: privacy.refuse_if_unlikely_to_learn"
+    try:
+        plan = site_plan(settings, site, run_source=str(run_config), site_source=str(site_config))
+    except ConsortiaError as err:
+        if refuse and settings.privacy.enabled and site.site.role is Role.TRAIN:
+            raise UnlikelyToLearnError(
+                f"{field}: study {settings.name} not approved: it cannot be planned, so "
+                f"whether it would learn is unknown: {err}"
+            ) from None
+        console.print(f"No privacy plan: {escape(str(err))}", soft_wrap=True)
+        return
+    print_plan(plan, console)
+    if refuse and plan.unlikely_to_learn:
+        raise UnlikelyToLearnError(
+            f"{field}: study {settings.name} not approved: {plan.assessment}"
+        )
+
+
 def approve(
     run_config: Annotated[Path, typer.Argument(help="The study's run config (TOML).")],
     site_config: Annotated[Path, typer.Option("--site-config", help=_SITE_HELP)],
@@ -44,14 +84,16 @@ def approve(
 ) -> None:
     """Approve runs of this study's config on the Consortia code installed here."""
     settings = load_run_settings(run_config)
-    store = _store(site_config)
+    site = load_site_settings(site_config)
+    store = ApprovalStore.for_site(site)
+    console = Console()
+    _show_plan(settings, site, run_config, site_config, console)
     app = app_hash_details()
     config = config_hash(settings)
     existing = store.find(config, app["app_hash"])
     approval = store.approve(
         settings, by=by if by is not None else _default_approver(), note=note, app=app["app_hash"]
     )
-    console = Console()
     if existing is None:
         console.print(f"Approved study [bold]{approval.study}[/].")
     else:

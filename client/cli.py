@@ -12,6 +12,7 @@ from consortia.client.approve_cli import approvals, approve, revoke
 from consortia.client.connection_check import check_server_connection
 from consortia.client.data_cli import data_app
 from consortia.client.node_audit import node_audit_for
+from consortia.client.privacy_cli import privacy_app
 from consortia.common.audit_log import NODE_STARTED
 from consortia.common.processes import stop_on_sigterm
 from consortia.common.run_identity import app_hash
@@ -65,3 +66,4 @@ def register(app: typer.Typer) -> None:
     """Entry point of the `consortia.cli` group."""
     app.add_typer(node_app, name="node")
     app.add_typer(data_app, name="data")
+    app.add_typer(privacy_app, name="privacy")
