@@ -23,6 +23,7 @@ __all__ = [
     "ManagedProcess",
     "ProcessGroup",
     "free_port",
+    "free_ports",
     "process_env",
     "stop_on_sigterm",
     "wait_for_address",
@@ -64,9 +65,19 @@ def stop_on_sigterm() -> None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free on `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports that are free on `host` right now (all held open
+    together while they are chosen, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def wait_for_address(address: str, timeout_s: float) -> None:

@@ -8,7 +8,7 @@
 # Idempotent: a site registered before with the same key is left as it is.
 set -euo pipefail
 
-SUPERLINK="${SUPERLINK:-server:9092}"
+SUPERLINK="${SUPERLINK:-127.0.0.1:9093}"  # the loopback Control API
 CA_CERT="${CA_CERT:-/etc/consortia/public/ca.pem}"
 STATE_DIR="${STATE_DIR:-/var/lib/consortia/server}"
 PUBKEY_DIR="${PUBKEY_DIR:-/etc/consortia/public}"   # NAME.pub of every site

@@ -61,11 +61,13 @@ WORKDIR /home/consortia
 # SuperLink state (database, Flower home, logs, the registry of site keys), run folders,
 # and the server's TLS files (ca.pem, server.pem, server.key; mount read-only).
 VOLUME ["/var/lib/consortia/server", "/var/lib/consortia/runs", "/etc/consortia/certs"]
-# The SuperLink's one port: Fleet API for the nodes and Control API for `consortia run`.
+# The SuperLink's public port serves the Fleet API for the nodes only. The Control API for
+# `consortia run` and `consortia site` listens on the container's loopback (9093): use it
+# with `docker exec`, or from a container sharing this one's network namespace.
 EXPOSE 9092
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 9092), 3).close()"]
 ENTRYPOINT ["consortia"]
-CMD ["server", "start", "--host", "0.0.0.0", "--port", "9092", \
+CMD ["server", "start", "--host", "0.0.0.0", "--port", "9092", "--control-port", "9093", \
      "--state-dir", "/var/lib/consortia/server", "--runs-dir", "/var/lib/consortia/runs", \
      "--certs", "/etc/consortia/certs"]

@@ -38,6 +38,8 @@ console = Console(soft_wrap=True)  # commands and paths stay whole for copying
 
 _FORCE_HELP = "Replace existing key/certificate files (the old ones are lost)."
 _DEFAULT_CA_DIR = Path("consortia-pki/ca")
+#: Always in the server certificate: the Control API and the ServerApps use loopback.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
 
 def _passphrase(*, confirm: bool) -> bytes:
@@ -92,8 +94,9 @@ def server_command(
     days: Annotated[int, typer.Option(help="Validity of the certificate.")] = 825,
     force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
 ) -> None:
-    """Issue the server's TLS certificate (default hosts: 127.0.0.1 and localhost)."""
-    hosts = host or ["127.0.0.1", "localhost"]
+    """Issue the server's TLS certificate for --host names, plus 127.0.0.1 and localhost
+    (the loopback Control API and the server's own ServerApp processes use those)."""
+    hosts = list(dict.fromkeys([*(host or []), *LOOPBACK_HOSTS]))
     passphrase = _passphrase(confirm=False) if ca_key_is_encrypted(ca_dir) else None
     files = issue_server_certificate(
         ca_dir, out, hosts, days=days, ca_passphrase=passphrase, force=force
@@ -101,11 +104,7 @@ def server_command(
     console.print(f"Server certificate for {escape(', '.join(hosts))}: {_path(files.certificate)}")
     console.print(f"Server private key: {_path(files.key)} (mode 600; stays on the server)")
     console.print(f"CA certificate for the sites: {_path(files.ca_certificate)}")
-    console.print(
-        "SuperLink: flower-superlink "
-        f"--ssl-ca-certfile {_path(files.ca_certificate)} "
-        f"--ssl-certfile {_path(files.certificate)} --ssl-keyfile {_path(files.key)}"
-    )
+    console.print(f"Start the server: consortia server start --certs {_path(out)}")
 
 
 @certs_app.command("site")

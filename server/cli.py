@@ -35,7 +35,11 @@ from consortia.server.submit import (
     submit_run,
     write_app_dir,
 )
-from consortia.server.superlink import start_superlink
+from consortia.server.superlink import (
+    DEFAULT_CONTROL_PORT,
+    DEFAULT_FLEET_PORT,
+    start_superlink,
+)
 
 __all__ = ["register"]
 
@@ -55,7 +59,16 @@ def server_start(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for all).")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(help="Port of the SuperLink's Fleet/Control API.")] = 9092,
+    port: Annotated[
+        int, typer.Option(help="Port of the Fleet API, the only API the sites reach.")
+    ] = DEFAULT_FLEET_PORT,
+    control_port: Annotated[
+        int,
+        typer.Option(
+            help="Port of the Control/Runtime APIs, on 127.0.0.1 only: `consortia run` and "
+            "`consortia site` reach it from this machine (or through an SSH tunnel)."
+        ),
+    ] = DEFAULT_CONTROL_PORT,
     state_dir: Annotated[
         Path | None,
         typer.Option(help="SuperLink database, Flower home, logs [~/.consortia/server]."),
@@ -73,11 +86,23 @@ def server_start(
     security = None if insecure else ServerSecurity(certs, registry_dir(state)).check()
     if security is None:
         logger.warning("server started with --insecure: no TLS, no site authentication")
+    if port == control_port:
+        raise typer.BadParameter("--port and --control-port must differ")
     with ProcessGroup() as group:
-        start_superlink(group, state, runs_dir, host=host, port=port, security=security)
+        endpoints = start_superlink(
+            group,
+            state,
+            runs_dir,
+            host=host,
+            port=port,
+            control_port=control_port,
+            security=security,
+        )
         mode = "plain HTTP (--insecure)" if security is None else "TLS, registered sites only"
         console.print(
-            f"SuperLink listening on {host}:{port} ({mode}); run folders in {runs_dir.resolve()}"
+            f"SuperLink: Fleet API for the sites on {endpoints.fleet} ({mode}); Control API "
+            f"for the coordinator on {endpoints.control} (this machine only); run folders in "
+            f"{runs_dir.resolve()}"
         )
         try:
             while True:
@@ -91,9 +116,12 @@ def run_command(
     run_config: Annotated[
         Path | None, typer.Argument(help="The study's run config (TOML); not with --resume.")
     ] = None,
-    superlink: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")] = (
-        "127.0.0.1:9092"
-    ),
+    superlink: Annotated[
+        str,
+        typer.Option(
+            help="The SuperLink's Control API HOST:PORT (loopback on the server machine)."
+        ),
+    ] = f"127.0.0.1:{DEFAULT_CONTROL_PORT}",
     runs_dir: Annotated[
         Path | None,
         typer.Option(help="The server's runs folder, if visible from here: live progress table."),

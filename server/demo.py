@@ -19,7 +19,13 @@ from rich.console import Console
 from consortia.common.demo_data import DemoDataSettings, write_site_npz
 from consortia.common.errors import ConsortiaError
 from consortia.common.privacy_settings import SamplePrivacySettings
-from consortia.common.processes import ManagedProcess, ProcessGroup, free_port, process_env
+from consortia.common.processes import (
+    ManagedProcess,
+    ProcessGroup,
+    free_port,
+    free_ports,
+    process_env,
+)
 from consortia.common.security_settings import SecureAggregationSettings
 from consortia.common.settings import (
     ModelConfig,
@@ -201,23 +207,24 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
     console.print(
         "[yellow]The images are SYNTHETIC (generated on this machine), not patient data.[/]"
     )
-    port = free_port()
+    port, control_port = free_ports(2)
     superlink = f"127.0.0.1:{port}"
     consortium = LocalConsortium.create(workspace / "pki", workspace / "superlink")
     configs = _write_sites(workspace, options, superlink, consortium)
     threads = max(1, (os.cpu_count() or 2) // trainers)
-    connection = consortium.connection(superlink, workspace / "flwr-cli")
     with ProcessGroup() as group:
         try:
-            start_superlink(
+            endpoints = start_superlink(
                 group,
                 workspace / "superlink",
                 output,
                 port=port,
+                control_port=control_port,
                 security=consortium.security,
             )
+            connection = consortium.connection(endpoints.control, workspace / "flwr-cli")
             for config, keys in configs:
-                consortium.register(keys, superlink)
+                consortium.register(keys, endpoints.control)
                 consortium.approve(load_site_settings(config), settings, by="consortia demo")
             console.print(
                 f"Security: TLS with a demo CA, {options.sites} registered site keys, signed "

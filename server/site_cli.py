@@ -25,7 +25,10 @@ _DEFAULT_STATE = Path.home() / ".consortia" / "server"
 StateDir = Annotated[
     Path, typer.Option(help="The server's state folder (as for consortia server start).")
 ]
-Superlink = Annotated[str, typer.Option(help="The running SuperLink, HOST:PORT.")]
+Superlink = Annotated[
+    str,
+    typer.Option(help="The running SuperLink's Control API, HOST:PORT (loopback on the server)."),
+]
 CA = Annotated[Path, typer.Option(help="The consortium CA certificate.")]
 
 
@@ -39,7 +42,7 @@ def register(
     name: Annotated[
         str | None, typer.Option(help="Site name \\[from the key's comment or file name].")
     ] = None,
-    superlink: Superlink = "127.0.0.1:9092",
+    superlink: Superlink = "127.0.0.1:9093",
     state_dir: StateDir = _DEFAULT_STATE,
     ca: CA = DEFAULT_SERVER_CERTS / CA_FILE,
     replace: Annotated[bool, typer.Option(help="Replace the site's registered key.")] = False,
@@ -76,7 +79,7 @@ def list_sites(state_dir: StateDir = _DEFAULT_STATE) -> None:
 @site_app.command("unregister")
 def unregister(
     name: Annotated[str, typer.Argument(help="The site to remove.")],
-    superlink: Superlink = "127.0.0.1:9092",
+    superlink: Superlink = "127.0.0.1:9093",
     state_dir: StateDir = _DEFAULT_STATE,
     ca: CA = DEFAULT_SERVER_CERTS / CA_FILE,
 ) -> None:

@@ -168,8 +168,15 @@ class SimulatedFederation:
 
     def __enter__(self) -> SimulatedFederation:
         self._group.__enter__()
+        # The attack tests ship a malicious ClientApp mod in their own FAB: the app check
+        # that `consortia server start` and `consortia run --simulation` apply is skipped.
         start_superlink(
-            self._group, self.root / "superlink", self.runs, port=self.port, simulation=True
+            self._group,
+            self.root / "superlink",
+            self.runs,
+            port=self.port,
+            simulation=True,
+            allow_app_code=True,
         )
         return self
 
@@ -216,7 +223,7 @@ def run_attacked(
     settings = _settings(work, config_text)
     for site_config in federation.site_configs:
         federation.consortium.approve(load_site_settings(site_config), settings, by="tests")
-    connection = federation.consortium.connection(federation.superlink, work / "flwr")
+    connection = federation.consortium.connection(federation.control, work / "flwr")
 
     def check_alive() -> None:
         if federation.server is not None and federation.server.poll() is not None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from consortia.common.processes import free_port, wait_for_address
+from consortia.common.processes import free_port, free_ports, wait_for_address
 from consortia.common.settings import load_run_settings, load_site_settings
 from consortia.server.local_consortium import LocalConsortium, SiteKeys
 from tests.processes import kill_tree
@@ -32,8 +32,9 @@ class CliFederation:
     def __init__(self, root: Path, *, secure: bool = True) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.superlink = f"127.0.0.1:{self.port}"
+        self.port, self.control_port = free_ports(2)
+        self.superlink = f"127.0.0.1:{self.port}"  # the Fleet API, for the sites
+        self.control = f"127.0.0.1:{self.control_port}"  # Control API, for the coordinator
         self.runs = root / "runs"
         self.server: subprocess.Popen[bytes] | None = None
         self.nodes: list[subprocess.Popen[bytes]] = []
@@ -55,6 +56,8 @@ class CliFederation:
                 "start",
                 "--port",
                 str(self.port),
+                "--control-port",
+                str(self.control_port),
                 "--runs-dir",
                 str(self.runs),
                 "--state-dir",
@@ -65,6 +68,7 @@ class CliFederation:
             stderr=subprocess.STDOUT,
         )
         wait_for_address(self.superlink, 60.0)
+        wait_for_address(self.control, 60.0)
 
     def register(self, config: Path) -> None:
         """Register the site's key with the running server (once)."""
@@ -74,7 +78,7 @@ class CliFederation:
         if site.site.name in self.registered or site.node.key is None:
             return
         keys = SiteKeys(site.site.name, site.node.key, site.node.key.with_suffix(".pub"))
-        self.consortium.register(keys, self.superlink)
+        self.consortium.register(keys, self.control)
         self.registered.add(site.site.name)
 
     def start_nodes(self, configs: list[Path]) -> None:
@@ -132,7 +136,7 @@ class CliFederation:
 
     def _cli(self, *args: str, wait: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [*CLI, "run", *args, "--superlink", self.superlink, *self._security()]
+            [*CLI, "run", *args, "--superlink", self.control, *self._security()]
             + ([] if wait else ["--no-wait"]),
             capture_output=True,
             text=True,

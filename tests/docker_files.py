@@ -38,6 +38,7 @@ SITES = ("hospital-a", "hospital-b", "hospital-c")
 BASE_IMAGE = "python:3.11-slim"
 TORCH_VERSION = "2.13.0"
 SUPERLINK_PORT = 9092
+CONTROL_PORT = 9093  # the loopback Control API inside the server's namespace
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 # Site config fields that hold paths (relative ones are relative to the file).
 SITE_PATH_FIELDS = (("data", "path"), ("node", "root_certificates"), ("node", "key"))

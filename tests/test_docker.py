@@ -55,6 +55,7 @@ from tests.docker_files import (
     SITE_CONFIGS,
     SITE_PATH_FIELDS,
     SITES,
+    CONTROL_PORT,
     SUPERLINK_PORT,
     TORCH_VERSION,
     Dockerfile,
@@ -122,6 +123,10 @@ def test_compose_volumes_networks_and_files() -> None:
     networks = set(compose().get("networks") or {})
     for name, service in services().items():
         if service.get("network_mode") == "none":
+            assert "networks" not in service and "ports" not in service, name
+            continue
+        if service.get("network_mode") == "service:server":
+            # The loopback Control API is reachable only inside the server's namespace.
             assert "networks" not in service and "ports" not in service, name
             continue
         assert service.get("networks"), f"{name}: no network (or network_mode: none)"
@@ -258,6 +263,7 @@ def test_server_dockerfile() -> None:
     assert command[:2] == ["server", "start"]
     assert option(command, "--host") == "0.0.0.0"
     assert option(command, "--port") == str(SUPERLINK_PORT)
+    assert option(command, "--control-port") == str(CONTROL_PORT)
     volumes = json.loads(dockerfile.final("VOLUME")[-1])
     for flag in ("--state-dir", "--runs-dir", "--certs"):
         assert option(command, flag) in volumes, f"{flag} is not a VOLUME"
@@ -435,7 +441,8 @@ def test_register_uses_the_keys_and_the_server_state(project: Project) -> None:
         assert Path(context.params["ca"]).read_bytes() == (server_certs / "ca.pem").read_bytes()
         assert Path(context.params["state_dir"]).resolve() == server_state
         host, _, port = context.params["superlink"].rpartition(":")
-        assert host == "server" and port == option(server_command, "--port")
+        assert host == "127.0.0.1" and port == option(server_command, "--control-port")
+    assert services()["register"]["network_mode"] == "service:server"
 
 
 def test_site_init_prepares_what_the_node_loads(project: Project) -> None:
@@ -491,7 +498,8 @@ def test_coordinator_submits_what_the_sites_approved() -> None:
             submitted
         ]
     assert submitted == RUN_CONFIG.resolve()
-    assert context.params["superlink"] == f"server:{SUPERLINK_PORT}"
+    assert context.params["superlink"] == f"127.0.0.1:{CONTROL_PORT}"
+    assert coordinator["network_mode"] == "service:server"
     runs = mount_at(coordinator, str(context.params["runs_dir"]))
     server_runs = mount_at(services()["server"], option(command_of("server"), "--runs-dir"))
     assert runs.source == server_runs.source and runs.read_only

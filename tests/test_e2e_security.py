@@ -163,7 +163,7 @@ def test_certificate_and_registration_commands(tmp_path: Path, federation: CliFe
             "register",
             str(pki / "site" / "hospital-z.pub"),
             "--superlink",
-            federation.superlink,
+            federation.control,
             "--state-dir",
             str(tmp_path / "server"),
             "--ca",
