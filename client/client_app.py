@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import struct
 import time
 import zlib
@@ -29,12 +30,13 @@ from flwr.clientapp import ClientApp
 from consortia.client.approval_mod import approval_mod
 from consortia.client.data.dataset import SiteDataset
 from consortia.client.dp_training import DPSpend, train_local_dp
+from consortia.client.error_mod import error_mod
 from consortia.client.node_audit import node_audit_for
 from consortia.client.privacy_budget import (
     PrivacyRefusedError,
-    RoundRequest,
     plan_round,
     record_round,
+    round_request,
 )
 from consortia.client.release_cache import (
     RELEASES_DIR,
@@ -85,8 +87,9 @@ __all__ = ["LayoutMismatchError", "app"]
 
 logger = logging.getLogger("consortia.client")
 
-# Outermost first: refuse unapproved runs before anything runs, sign what is returned.
-app = ClientApp(mods=[approval_mod, signing_mod])
+# Outermost first: keep any uncaught exception's text at the site, refuse unapproved
+# runs before anything runs, sign what is returned.
+app = ClientApp(mods=[error_mod, approval_mod, signing_mod])
 
 
 SECAGG_STAGES = {
@@ -267,18 +270,26 @@ def _update(
 
 
 def _open_secure_round(
-    msg: Message, context: Context, instruction: Instruction, num_train: int
+    msg: Message, context: Context, instruction: Instruction, num_train: int, size: int
 ) -> SecureRound | None:
-    """Under secure aggregation, check everything masking needs before training."""
+    """Under secure aggregation, check everything masking needs before training (and
+    before the privacy ledger): a round that cannot be sent must not spend budget."""
     if not instruction.secure:
         return None
-    if instruction.weight_norm < num_train:
+    if not math.isfinite(instruction.weight_norm) or instruction.weight_norm < num_train:
         # A site weighs itself by examples / weight_norm; the norm is the largest count.
         raise RecordFieldError(
-            f"'{rk.CFG_WEIGHT_NORM}' {instruction.weight_norm} is below this site's "
-            f"{num_train} training examples"
+            f"'{rk.CFG_WEIGHT_NORM}' {instruction.weight_norm} is not a finite number of at "
+            f"least this site's {num_train} training examples"
         )
-    return open_round(msg, context, instruction.round)
+    opened = open_round(msg, context, instruction.round)
+    expected = size + 1  # the weighted delta, then the weight
+    if opened.client.config.vector_size != expected:
+        raise SecAggError(
+            f"the session masks vectors of {opened.client.config.vector_size} values; this "
+            f"model's update has {expected}"
+        )
+    return opened
 
 
 def _train(msg: Message, context: Context, site: SiteSettings, instruction: Instruction) -> Message:
@@ -289,15 +300,8 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
     dataset = _dataset(site, instruction.dataset)
     train_data = dataset.load(instruction.task, ("train",))
     model, layout = _model(msg, instruction)
-    opened = _open_secure_round(msg, context, instruction, len(train_data))
-    request = RoundRequest(
-        run_id=instruction.run_id,
-        round=instruction.round,
-        total_rounds=instruction.total_rounds,
-        local_epochs=instruction.local_epochs,
-        batch_size=instruction.batch_size,
-        privacy=instruction.privacy,
-    )
+    opened = _open_secure_round(msg, context, instruction, len(train_data), layout.size)
+    request = round_request(instruction, context.run_config)
     fingerprint = dataset.fingerprint
     path = ledger_path(site.ledger_dir, fingerprint)
     content = RecordDict()
@@ -323,7 +327,7 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
         result: TrainResult
         if kept is not None:
             examples = int(kept.metrics[rk.M_NUM_EXAMPLES])
-            result = TrainResult(examples, kept.metrics[rk.M_TRAIN_LOSS], 0.0)
+            result = TrainResult(examples, kept.metrics.get(rk.M_TRAIN_LOSS, math.nan), 0.0)
             weights = kept.weights
             content[rk.PRIVACY_KEY] = ConfigRecord(kept.privacy)
             logger.warning(
@@ -358,7 +362,8 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
             entry = record_round(ledger, path, request, spend, result.num_examples)
             content[rk.PRIVACY_KEY] = _privacy_record(spend, entry.run_epsilon)
             weights = layout.flatten(model.cpu().state_dict())
-            metrics = {rk.M_NUM_EXAMPLES: result.num_examples, rk.M_TRAIN_LOSS: result.mean_loss}
+            # No training loss: it is not a DP release (docs/privacy.md).
+            metrics = {rk.M_NUM_EXAMPLES: float(result.num_examples)}
             releases.save(
                 request.run_id,
                 Release(
@@ -408,14 +413,16 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
         weights = layout.flatten(model.cpu().state_dict())
     update = _update(msg, context, instruction, weights, result.num_examples, opened, content)
     content[rk.ARRAYS_KEY] = ArrayRecord({rk.WEIGHTS_ARRAY: Array(update)})
-    content[rk.TRAIN_METRICS_KEY] = MetricRecord(
-        {
-            rk.M_NUM_EXAMPLES: result.num_examples,
-            rk.M_TRAIN_LOSS: result.mean_loss,
-            rk.M_COMPUTE_S: result.compute_s + eval_s,
-            rk.M_EVAL_S: eval_s,
-        }
-    )
+    train_metrics: dict[str, int | float | list[int] | list[float]] = {
+        rk.M_NUM_EXAMPLES: result.num_examples,
+        rk.M_COMPUTE_S: result.compute_s + eval_s,
+        rk.M_EVAL_S: eval_s,
+    }
+    if rk.PRIVACY_KEY not in content:
+        # Without DP only: the raw batch-mean loss is no DP release (its sensitivity is
+        # unbounded), so a DP round does not send it (docs/privacy.md).
+        train_metrics[rk.M_TRAIN_LOSS] = result.mean_loss
+    content[rk.TRAIN_METRICS_KEY] = MetricRecord(train_metrics)
     return Message(content, reply_to=msg)
 
 

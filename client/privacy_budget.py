@@ -4,22 +4,34 @@ round that would break it, and record what was spent in the data set's ledger.
 `plan_round` runs before any training and `record_round` after it, both while the
 ledger is locked (`ledger_lock`), and the update leaves the site only after the ledger
 entry is on disk: a crash can over-count spending, never under-count it.
+
+A run's privacy target is the site's, not the server's: it is keyed on the hash of the
+run config the site approved (which fixes `rounds`, the DP settings and the target), not
+on the run id the server chooses. Every round trained under that config, in any run,
+counts against the epsilon the config was approved at: `target_epsilon`, or with a fixed
+noise multiplier the epsilon of `rounds` rounds at it. A round number outside
+1..`rounds` is refused, with or without DP.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from consortia.client.dp_training import DPRound, DPSpend
-from consortia.common.errors import ConsortiaError
+from consortia.common import records as rk
+from consortia.common.errors import ConfigError, ConsortiaError
+from consortia.common.instructions import Instruction
 from consortia.common.logs import utc_now
 from consortia.common.privacy_accounting import epsilon_of, noise_for_target, poisson_plan
-from consortia.common.privacy_ledger import LedgerEntry, PrivacyLedger
+from consortia.common.privacy_ledger import LedgerEntry, LedgerError, PrivacyLedger
 from consortia.common.privacy_planner import learning_refusal
 from consortia.common.privacy_settings import PrivacyPolicy, SamplePrivacySettings
+from consortia.common.run_identity import config_hash
+from consortia.common.settings import run_settings_from_json
 
-__all__ = ["PrivacyRefusedError", "RoundRequest", "plan_round", "record_round"]
+__all__ = ["PrivacyRefusedError", "RoundRequest", "plan_round", "record_round", "round_request"]
 
 # Opacus' noise search stops within 1% of the target epsilon.
 _TARGET_TOLERANCE = 1.01
@@ -34,6 +46,8 @@ class RoundRequest:
     """What the server asks of one round, as far as privacy goes."""
 
     run_id: str
+    # SHA-256 of the approved run config (`consortia.common.run_identity.config_hash`).
+    config_hash: str
     round: int
     total_rounds: int
     local_epochs: int
@@ -41,11 +55,34 @@ class RoundRequest:
     privacy: SamplePrivacySettings
 
 
+def round_request(instruction: Instruction, run_config: Mapping[str, object]) -> RoundRequest:
+    """The privacy side of a train instruction, keyed on the hash of the run config that
+    Flower carries (`RUN_CONFIG_SETTINGS`: the config the approval mod checked), not on
+    the run id the server chose."""
+    text = run_config.get(rk.RUN_CONFIG_SETTINGS)
+    if not isinstance(text, str):
+        raise ConfigError(f"the run config has no '{rk.RUN_CONFIG_SETTINGS}'")
+    return RoundRequest(
+        run_id=instruction.run_id,
+        config_hash=config_hash(run_settings_from_json(text)),
+        round=instruction.round,
+        total_rounds=instruction.total_rounds,
+        local_epochs=instruction.local_epochs,
+        batch_size=instruction.batch_size,
+        privacy=instruction.privacy,
+    )
+
+
 def plan_round(
     policy: PrivacyPolicy, ledger: PrivacyLedger, request: RoundRequest, num_examples: int
 ) -> DPRound | None:
     """The DP-SGD parameters of this round, or None for a non-private round the policy
     allows. Raises `PrivacyRefusedError` when the round would break the site's policy."""
+    if not 1 <= request.round <= request.total_rounds:
+        raise PrivacyRefusedError(
+            f"round {request.round} is outside the approved run's rounds "
+            f"1..{request.total_rounds}; the site trains no extra rounds"
+        )
     settings = request.privacy
     if not settings.enabled:
         if not policy.allow_non_private:
@@ -95,14 +132,21 @@ def plan_round(
             f"(delta {policy.delta:g})"
         )
     if settings.target_epsilon is not None:
-        run_projected = epsilon_of(
-            [*ledger.history(request.run_id), step], policy.delta, settings.accountant
+        approved = settings.target_epsilon
+    else:  # a fixed noise multiplier: the epsilon of the approved number of rounds
+        whole_run = [(sigma, plan.sample_rate, steps * request.total_rounds)]
+        approved = epsilon_of(whole_run, policy.delta, settings.accountant)
+    try:
+        config_history = ledger.config_history(request.config_hash, request.run_id)
+    except LedgerError as err:
+        raise PrivacyRefusedError(f"cannot key the run's privacy target: {err}") from None
+    run_projected = epsilon_of([*config_history, step], policy.delta, settings.accountant)
+    if run_projected > approved * _TARGET_TOLERANCE:
+        raise PrivacyRefusedError(
+            f"this round would bring the epsilon spent under the approved run config "
+            f"{request.config_hash[:12]} (all its runs) to {run_projected:.3f}, over the "
+            f"run's target {approved:.3g}"
         )
-        if run_projected > settings.target_epsilon * _TARGET_TOLERANCE:
-            raise PrivacyRefusedError(
-                f"this round would bring the run's epsilon to {run_projected:.3f}, over "
-                f"the run's target {settings.target_epsilon:g}"
-            )
     return DPRound(
         noise_multiplier=sigma,
         max_grad_norm=settings.max_grad_norm,
@@ -130,6 +174,7 @@ def record_round(
         round=request.round,
         num_examples=num_examples,
         recorded_at=utc_now(),
+        config_hash=request.config_hash,
     )
     ledger.append(entry)
     ledger.save(path)

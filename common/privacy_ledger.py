@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -69,22 +70,25 @@ class RoundSpend:
 
 @dataclass(frozen=True)
 class LedgerEntry(RoundSpend):
-    """One round of DP-SGD on the data set, as the ledger keeps it."""
+    """One round of DP-SGD on the data set, as the ledger keeps it. `config_hash` is the
+    hash of the approved run config the round was trained under (the site's key for the
+    run's privacy target; empty in entries written before it was recorded)."""
 
     run_id: str
     round: int
     num_examples: int
     recorded_at: str
+    config_hash: str = ""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> LedgerEntry:
         expected = {f.name: f.type for f in fields(cls)}
-        missing = set(expected) - set(data)
+        missing = set(expected) - set(data) - set(_OPTIONAL_FIELDS)
         if missing:
             raise LedgerError(f"{where}: missing field(s) {sorted(missing)}")
         values: dict[str, Any] = {}
         for name, kind in expected.items():
-            value = data[name]
+            value = data.get(name, _OPTIONAL_FIELDS.get(name))
             if kind == "int" and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 0
             ):
@@ -102,7 +106,14 @@ class LedgerEntry(RoundSpend):
             raise LedgerError(f"{where}: unknown accountant {values['accountant']!r}")
         if not 0 < values["sample_rate"] <= 1 or values["noise_multiplier"] <= 0:
             raise LedgerError(f"{where}: sample_rate/noise_multiplier out of range")
+        if values["config_hash"] and not _HEX64.fullmatch(values["config_hash"]):
+            raise LedgerError(f"{where}: config_hash must be a hex SHA-256")
         return cls(**values)
+
+
+# Fields that entries written by earlier versions lack, with the value they stand for.
+_OPTIONAL_FIELDS: dict[str, Any] = {"config_hash": ""}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def ledger_path(ledger_dir: Path, dataset_fingerprint: str) -> Path:
@@ -138,6 +149,19 @@ class PrivacyLedger:
             entry.history_entry()
             for entry in self.entries
             if run_id is None or entry.run_id == run_id
+        ]
+
+    def config_history(self, config_hash: str, run_id: str) -> list[HistoryEntry]:
+        """The accountant history of every round trained under the approved run config
+        `config_hash`, in any run, and of every round of run `run_id` (entries written
+        before the config hash was recorded count by their run): what a run's privacy
+        target bounds. The server names runs; only the config hash is the site's own."""
+        if not _HEX64.fullmatch(config_hash):
+            raise LedgerError("an approved config hash is a hex SHA-256")
+        return [
+            entry.history_entry()
+            for entry in self.entries
+            if entry.config_hash == config_hash or entry.run_id == run_id
         ]
 
     def spent(self, delta: float, accountant: Accountant) -> float:

@@ -127,13 +127,12 @@ def accept_update(
         except SecAggError as err:
             raise UpdateShapeError(str(err)) from None
     _check_count(count, site)
-    info = _finite(
-        {
-            "examples": count,
-            "loss": get_float(metrics, rk.M_TRAIN_LOSS),
-            "compute_s": get_float(metrics, rk.M_COMPUTE_S),
-        }
-    )
+    values = {"examples": count, "compute_s": get_float(metrics, rk.M_COMPUTE_S)}
+    if not dp:
+        # Under DP a site sends no training loss: the raw loss is no DP release, and a
+        # loss a site sends anyway is not recorded or published (docs/privacy.md).
+        values["loss"] = get_float(metrics, rk.M_TRAIN_LOSS)
+    info = _finite(values)
     record: dict[str, Any] | None = None
     if dp:
         if rk.PRIVACY_KEY not in reply.content:

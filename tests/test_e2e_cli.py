@@ -55,7 +55,9 @@ def test_server_nodes_and_run_commands(tmp_path: Path, federation: CliFederation
     assert [event.step for event in holdout_dice] == [0, 1, 2]
     final_dice = results["rounds"][2]["evaluation"]["holdout"]["dice"]
     assert holdout_dice[-1].value == pytest.approx(final_dice, abs=1e-6)
-    assert [event.step for event in events.Scalars("train/north/loss")] == [1, 2]
+    assert [event.step for event in events.Scalars("train/north/examples")] == [1, 2]
+    # under DP (the default) no site sends its raw training loss (issue 19, F3)
+    assert "train/north/loss" not in events.Tags()["scalars"]
     # the saliency maps: kept at the site, and in the run folder because it shares them
     kept = sorted((tmp_path / "east" / "state" / "saliency" / results["dir"].name).iterdir())
     shared = sorted((results["dir"] / "saliency" / "east").iterdir())

@@ -3,6 +3,7 @@ they would break it, and recorded so that epsilon continues across restarts and 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,15 @@ from consortia.common.settings import Task
 FINGERPRINT = "ab" * 32
 
 
+def _config_hash(run_id: str) -> str:
+    """A distinct approved config per run (the tests of F7 below share one on purpose)."""
+    return hashlib.sha256(run_id.encode()).hexdigest()
+
+
 def _request(run_id: str = "run-1", round_number: int = 1, **privacy: object) -> RoundRequest:
     return RoundRequest(
         run_id=run_id,
+        config_hash=_config_hash(run_id),
         round=round_number,
         total_rounds=3,
         local_epochs=1,
@@ -154,6 +161,7 @@ def test_a_retried_round_cannot_exceed_the_run_target(tmp_path: Path) -> None:
     path = ledger_path(tmp_path, FINGERPRINT)
     request = RoundRequest(
         run_id="run-1",
+        config_hash=_config_hash("run-1"),
         round=1,
         total_rounds=1,
         local_epochs=1,
