@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from consortia.common import records as rk
 from consortia.common.files import write_atomic
+from consortia.common.names import InvalidNameError, site_path
 from consortia.common.record_fields import RecordFieldError, get_array, get_array_record
 from consortia.common.settings import Role
 from consortia.server.run_folder import RunFolder
@@ -95,11 +96,12 @@ def store_saliency(
             if site.role is not Role.HOLDOUT:
                 raise SaliencyError("only held-out sites share saliency maps")
             maps = _maps(reply)
-        except (SaliencyError, RecordFieldError) as err:
-            logger.warning("saliency maps from %s refused: %s", site.name, err)
+            # The site's declared name becomes a folder: checked here too (issue 19, F14).
+            target = site_path(folder.path / SALIENCY_DIR, site.name)
+        except (SaliencyError, RecordFieldError, InvalidNameError) as err:
+            logger.warning("saliency maps from node %d refused: %s", node_id, err)
             folder.event(SALIENCY_REFUSED, site=site.name, reason=str(err))
             continue
-        target = folder.path / SALIENCY_DIR / site.name
         target.mkdir(parents=True, exist_ok=True)
         digests = []
         for name, png in maps.items():

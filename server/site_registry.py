@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from consortia.common.errors import ConsortiaError
 from consortia.common.files import write_json_atomic, write_text_atomic
-from consortia.common.pki_files import PKIError, check_name
+from consortia.common.names import InvalidNameError, check_site_name
+from consortia.common.pki_files import PKIError
 from consortia.common.site_keys import (
     SITE_KEY_COMMENT_PREFIX,
     load_site_public_key,
@@ -113,13 +114,13 @@ class SiteRegistry:
         try:
             node = raw.get("flower_node_id")
             return RegisteredSite(
-                name=check_name(name),
+                name=check_site_name(name),
                 fingerprint=str(raw["fingerprint"]),
                 registered_at=datetime.fromisoformat(str(raw["registered_at"])),
                 public_key_path=self.path / f"{name}.pub",
                 flower_node_id=None if node is None else int(node),
             )
-        except (AttributeError, KeyError, TypeError, ValueError, PKIError) as err:
+        except (AttributeError, KeyError, TypeError, ValueError, InvalidNameError) as err:
             raise SiteRegistryError(
                 f"{self.index_path}: the entry of site {name!r} is damaged ({err!r})"
             ) from None
@@ -180,8 +181,8 @@ class SiteRegistry:
         `replace`), and a key registered under another name (always: unregister it there).
         """
         try:
-            check_name(name)
-        except PKIError as err:
+            check_site_name(name)
+        except InvalidNameError as err:
             raise SiteRegistryError(str(err)) from None
         key = load_site_public_key(public_key_path)
         comment = public_key_comment(public_key_path)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flwr.app import Message
 
 from consortia.common import records as rk
+from consortia.common.names import check_site_name
 from consortia.common.record_fields import get_config_record, get_float, get_int, get_str
 from consortia.common.settings import Role
 from consortia.server.run_privacy import SitePrivacy
@@ -27,11 +28,12 @@ class Site:
 
 
 def site_from_reply(node_id: int, reply: Message) -> tuple[Site, SitePrivacy]:
-    """The site and its privacy policy from a `query` answer (every field checked)."""
+    """The site and its privacy policy from a `query` answer (every field checked; the
+    site name, which becomes a folder name in the run folder, by `check_site_name`)."""
     info = get_config_record(reply.content, rk.INFO_KEY)
     site = Site(
         node_id=node_id,
-        name=get_str(info, rk.SITE_NAME),
+        name=check_site_name(get_str(info, rk.SITE_NAME), f"'{rk.SITE_NAME}'"),
         role=Role(get_str(info, rk.SITE_ROLE)),
         num_train=get_int(info, rk.SITE_NUM_TRAIN),
         num_eval=get_int(info, rk.SITE_NUM_EVAL),
