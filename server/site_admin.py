@@ -23,9 +23,12 @@ def register_site(
     *,
     replace: bool = False,
 ) -> RegisteredSite:
-    """Register `public_key` as site `name` here and with the running SuperLink."""
+    """Register `public_key` as site `name` here and with the running SuperLink. With
+    `replace`, the replaced key's node is removed from the SuperLink first (issue 19, F10);
+    a removal that failed earlier is retried by the next register or unregister."""
     entry = registry.register(name, public_key, replace=replace)
-    if entry.flower_node_id is not None and not replace:
+    entry = _remove_retired_nodes(registry, connection, entry)
+    if entry.flower_node_id is not None:
         logger.info("site %s was already registered (node %d)", name, entry.flower_node_id)
         return entry
     payload = flwr_json(
@@ -36,12 +39,28 @@ def register_site(
     return registry.record_flower_node(name, node_id)
 
 
+def _remove_retired_nodes(
+    registry: SiteRegistry, connection: SuperLinkConnection, entry: RegisteredSite
+) -> RegisteredSite:
+    """Unregister the nodes of the site's replaced keys at the SuperLink, one by one,
+    noting each removal in the registry (so that a failure can be retried)."""
+    for node_id in entry.retired_flower_node_ids:
+        flwr_json(
+            connection, "supernode", "unregister", str(node_id), what="the replaced key's removal"
+        )
+        logger.info("site %s: the replaced key's node %d removed", entry.name, node_id)
+        entry = registry.forget_retired_node(entry.name, node_id)
+    return entry
+
+
 def unregister_site(
     registry: SiteRegistry, connection: SuperLinkConnection, name: str
 ) -> RegisteredSite:
-    """Remove site `name` from the SuperLink (its node can no longer connect) and from
-    the registry (its signatures no longer verify)."""
+    """Remove site `name` from the SuperLink (its node, and those of keys it replaced,
+    can no longer connect) and from the registry (its signatures no longer verify)."""
     entry = registry.get(name)
+    if entry is not None:
+        entry = _remove_retired_nodes(registry, connection, entry)
     if entry is not None and entry.flower_node_id is not None:
         flwr_json(
             connection, "supernode", "unregister", str(entry.flower_node_id), what="the removal"

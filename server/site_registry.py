@@ -9,7 +9,9 @@ every registered site and `registry.json`, the index:
 
 A key belongs to one site and a site has one key: registering a second key for a name, or
 a key already registered under another name, is refused (`replace=True` replaces a site's
-key; a key is never shared between two names). Every change is written atomically, and
+key; a key is never shared between two names). A replaced key's Flower node id is kept
+in `retired_flower_node_ids` until it is removed from the SuperLink too (`site_admin`), so
+that no replaced key stays registered there unseen. Every change is written atomically, and
 the index is read from disk on every call, so a server sees sites registered while it
 runs and the registry survives restarts. One writer at a time (the coordinator's CLI).
 """
@@ -66,6 +68,8 @@ class RegisteredSite:
     registered_at: datetime
     public_key_path: Path
     flower_node_id: int | None = None
+    # Node ids of replaced keys that the SuperLink may still admit (to unregister there).
+    retired_flower_node_ids: tuple[int, ...] = ()
 
 
 def site_name_from_public_key(public_key_path: Path) -> str:
@@ -113,12 +117,16 @@ class SiteRegistry:
     def _entry(self, name: str, raw: Any) -> RegisteredSite:
         try:
             node = raw.get("flower_node_id")
+            retired = raw.get("retired_flower_node_ids", [])
+            if not isinstance(retired, list):
+                raise TypeError("retired_flower_node_ids must be a list")
             return RegisteredSite(
                 name=check_site_name(name),
                 fingerprint=str(raw["fingerprint"]),
                 registered_at=datetime.fromisoformat(str(raw["registered_at"])),
                 public_key_path=self.path / f"{name}.pub",
                 flower_node_id=None if node is None else int(node),
+                retired_flower_node_ids=tuple(int(value) for value in retired),
             )
         except (AttributeError, KeyError, TypeError, ValueError, InvalidNameError) as err:
             raise SiteRegistryError(
@@ -215,10 +223,29 @@ class SiteRegistry:
         write_text_atomic(
             self.path / f"{name}.pub", f"{line.decode('ascii')} {SITE_KEY_COMMENT_PREFIX}{name}\n"
         )
+        retired: list[int] = []
+        if current is not None:  # a replaced key: its node must leave the SuperLink too
+            retired = [int(value) for value in current.get("retired_flower_node_ids", [])]
+            if current.get("flower_node_id") is not None:
+                retired.append(int(current["flower_node_id"]))
         sites[name] = {
             "fingerprint": fingerprint,
             "registered_at": _stamp(datetime.now(UTC)),
             "flower_node_id": None,
+            "retired_flower_node_ids": sorted(set(retired)),
+        }
+        self._save(sites)
+        return self._entry(name, sites[name])
+
+    def forget_retired_node(self, name: str, node_id: int) -> RegisteredSite:
+        """Note that the replaced key's node `node_id` was removed from the SuperLink."""
+        sites = self._load()
+        if name not in sites:
+            raise UnknownSiteError(f"site {name!r} is not registered with this server")
+        retired = [int(v) for v in sites[name].get("retired_flower_node_ids", [])]
+        sites[name] = {
+            **sites[name],
+            "retired_flower_node_ids": [v for v in retired if v != node_id],
         }
         self._save(sites)
         return self._entry(name, sites[name])
