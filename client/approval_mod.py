@@ -22,6 +22,7 @@ from consortia.common.audit_log import RUN_APPROVED, RUN_REFUSED, AuditLogError
 from consortia.common.errors import ConfigError
 from consortia.common.instructions import Instruction
 from consortia.common.record_fields import RecordFieldError, get_config_record
+from consortia.common.roster import own_entry_refusal, site_fingerprint
 from consortia.common.run_identity import RunIdentity
 from consortia.common.settings import RunSettings, SiteSettings, run_settings_from_json
 
@@ -63,6 +64,11 @@ def _check(
 ) -> str | None:
     """None when the message may be handled, else the reason to refuse it."""
     ApprovalStore.for_site(site).check(identity.config_hash, identity.app_hash)
+    refusal = own_entry_refusal(
+        settings, site.site.name, site.site.role, site_fingerprint(site.node.key)
+    )
+    if refusal is not None:
+        return refusal
     config = msg.content.config_records.get(rk.CONFIG_KEY)
     claimed = config.get(rk.CFG_APP_HASH) if config is not None else None
     if isinstance(claimed, str) and claimed and claimed != identity.app_hash:

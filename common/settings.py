@@ -32,6 +32,7 @@ __all__ = [
     "NodeSettings",
     "ReportSettings",
     "Role",
+    "RosterEntry",
     "RunSettings",
     "SaliencySettings",
     "SiteInfo",
@@ -64,6 +65,16 @@ class Role(StrEnum):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class RosterEntry(_Strict):
+    """One site of a study's roster (`[[run.sites]]`): its name, the fingerprint of its
+    registered key (`SHA256:...`, as `consortia certs site` and `site list` print it) and
+    its role. Sites check their own entry and their neighbours against it."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    fingerprint: Annotated[str, Field(pattern=r"^SHA256:[A-Za-z0-9+/]{43}$")]
+    role: Role = Role.TRAIN
 
 
 class ModelConfig(_Strict):
@@ -134,6 +145,29 @@ class RunSettings(_Strict):
     strategy: StrategySettings = StrategySettings()
     validation: ValidationSettings = ValidationSettings()
     report: ReportSettings = ReportSettings()
+    # The study's roster: only these sites are asked, and each site refuses a run that
+    # does not list it with its own key. Empty: every connected site (no roster).
+    sites: tuple[RosterEntry, ...] = ()
+
+    @model_validator(mode="after")
+    def _roster_fits(self) -> RunSettings:
+        names = [entry.name for entry in self.sites]
+        doubles = sorted({name for name in names if names.count(name) > 1})
+        if doubles:
+            raise ValueError(f"sites: {', '.join(doubles)} listed more than once")
+        prints = [entry.fingerprint for entry in self.sites]
+        if len(set(prints)) != len(prints):
+            raise ValueError("sites: two sites share one key fingerprint")
+        if self.sites and self.min_sites > len(self.sites):
+            raise ValueError(
+                f"min_sites = {self.min_sites} but the roster (sites) lists {len(self.sites)}"
+            )
+        return self
+
+    @property
+    def roster(self) -> dict[str, RosterEntry]:
+        """The roster by site name (empty without `[[run.sites]]`)."""
+        return {entry.name: entry for entry in self.sites}
 
     @model_validator(mode="after")
     def _secure_aggregation_fits(self) -> RunSettings:

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 
 from consortia.common.audit_log import SITE_JOINED, SITE_REFUSED, SITE_REJOINED
 from consortia.common.errors import ConsortiaError
+from consortia.common.roster import admitted_by_roster, roster_node_ids
 from consortia.common.run_identity import RunIdentity
 from consortia.common.settings import Role, RunSettings
 from consortia.server.discovery import SiteAnswer, query_messages, read_answers
@@ -64,7 +65,7 @@ class SiteRoster:
         """Node ids once `min_sites` nodes are connected; error after `connect_timeout_s`."""
         deadline = time.monotonic() + self.settings.connect_timeout_s
         while True:
-            node_ids = sorted(self.grid.get_node_ids())
+            node_ids = self.in_roster(self.grid.get_node_ids())
             if len(node_ids) >= self.settings.min_sites:
                 return node_ids
             if time.monotonic() > deadline:
@@ -74,7 +75,21 @@ class SiteRoster:
                 )
             time.sleep(0.2)
 
+    def in_roster(self, node_ids: Iterable[int]) -> list[int]:
+        """The nodes the run may ask: all of them without a roster; with one, only those
+        whose registered name and key match a roster entry (never asked otherwise). A
+        server without a site registry (--insecure) checks the names in the answers."""
+        registry = self.channel.verifier.registry
+        if not self.settings.sites or registry is None:
+            return sorted(node_ids)
+        allowed = roster_node_ids(
+            self.settings.sites,
+            ((s.name, s.fingerprint, s.flower_node_id) for s in registry.sites()),
+        )
+        return sorted(set(node_ids) & allowed)
+
     def ask(self, node_ids: Sequence[int], timeout_s: float, group: str) -> list[SiteAnswer]:
+        node_ids = self.in_roster(node_ids)
         messages = query_messages(self.settings, self.identity, node_ids, group)
         replies = self.channel(messages, timeout_s)
         return read_answers(replies, self.channel.rejected, signed=self.channel.verifier.enabled)
@@ -88,6 +103,12 @@ class SiteRoster:
             if site is None or answer.privacy is None:
                 self.refused_nodes.add(answer.node_id)
                 self.folder.event(SITE_REFUSED, node_id=answer.node_id, reason=answer.refusal)
+                continue
+            outside = admitted_by_roster(self.settings, site.name, site.role)
+            if outside is not None:
+                self.refused_nodes.add(answer.node_id)
+                self.folder.event(SITE_REFUSED, node_id=answer.node_id, reason=outside)
+                logger.warning("node %d left out: %s", answer.node_id, outside)
                 continue
             if site.name in known and round_number == 0:
                 reason = f"duplicate site name {site.name}"
@@ -148,7 +169,7 @@ class SiteRoster:
         """Node ids connected now; nodes new to the run are asked who they are first
         (a site back after a restart, or one that joins late)."""
         connected = set(self.grid.get_node_ids())
-        new = sorted(connected - set(self.sites) - self.refused_nodes)
+        new = self.in_roster(connected - set(self.sites) - self.refused_nodes)
         if new:
             timeout = min(self.settings.connect_timeout_s, self.settings.straggler_timeout_s)
             self.admit(self.ask(new, timeout, f"rejoin-{round_number}"), round_number)

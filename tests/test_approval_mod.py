@@ -18,7 +18,12 @@ from consortia.common import records as rk
 from consortia.common.approvals import ApprovalStore
 from consortia.common.instructions import Instruction
 from consortia.common.run_identity import app_hash
-from consortia.common.settings import RunSettings, load_site_settings
+from consortia.common.settings import Role, RosterEntry, RunSettings, load_site_settings
+from consortia.common.site_keys import (
+    create_site_key,
+    load_site_private_key,
+    public_key_fingerprint,
+)
 from consortia.common.strategy_settings import StrategySettings
 
 SETTINGS = RunSettings(name="study")
@@ -135,3 +140,44 @@ def test_a_proximal_mu_other_than_the_approved_one_is_refused(site: Path) -> Non
     for mu in (0.0, 0.2):
         reply = approval_mod(_train(proximal_mu=mu), context, _handled)
         assert reply.has_error() and "proximal_mu" in str(reply.error.reason)
+
+
+def _keyed_site(tmp_path: Path, name: str = "a", role: str = "train") -> tuple[Path, str]:
+    """A site with a real key pair; returns its config and its key's fingerprint."""
+    files = create_site_key(tmp_path / "keys", name)
+    np.savez(tmp_path / "data.npz", x=np.zeros(1))
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'[site]\nname = "{name}"\nrole = "{role}"\n[data]\npath = "data.npz"\n'
+        f'[node]\ninsecure = true\nstate_dir = "state"\nkey = "{files.private_key}"\n',
+        encoding="utf-8",
+    )
+    return config, public_key_fingerprint(load_site_private_key(files.private_key))
+
+
+def _with_roster(*entries: tuple[str, str, str]) -> RunSettings:
+    return RunSettings(
+        name="study",
+        min_sites=1,
+        sites=tuple(RosterEntry(name=n, fingerprint=f, role=Role(r)) for n, f, r in entries),
+    )
+
+
+def test_a_site_refuses_a_roster_that_does_not_list_it_with_its_own_key(tmp_path: Path) -> None:
+    """The roster is approved with the run; a server cannot swap a site's key or role,
+    nor run it in a study whose roster leaves it out (Sybil and roster attacks, F2)."""
+    config, fingerprint = _keyed_site(tmp_path)
+    _, other = _keyed_site(tmp_path / "other", "a")
+    cases = {
+        "does not list this site": _with_roster(("b", fingerprint, "train")),
+        "not this site's key": _with_roster(("a", other, "train")),
+        "lists a as holdout": _with_roster(("a", fingerprint, "holdout")),
+    }
+    for reason, settings in cases.items():
+        _approve(config, settings)  # approved, and still refused: the roster is wrong
+        reply = approval_mod(_query(), _context(config, settings), _handled)
+        assert reply.has_error() and reply.error.code == rk.ERROR_NOT_APPROVED, reason
+        assert reason in str(reply.error.reason)
+    listed = _with_roster(("a", fingerprint, "train"), ("b", other, "train"))
+    _approve(config, listed)
+    assert not approval_mod(_query(), _context(config, listed), _handled).has_error()

@@ -11,6 +11,8 @@ import pytest
 
 from consortia.common.demo_data import DemoDataSettings, write_site_npz
 from consortia.common.pki import create_ca
+from consortia.common.roster import site_fingerprint
+from consortia.common.settings import load_site_settings
 from tests.cli_federation import CLI, CliFederation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -105,16 +107,30 @@ def test_tls_node_refuses_a_plaintext_server(tmp_path: Path) -> None:
         insecure.stop()
 
 
-def test_unapproved_site_is_left_out_and_the_run_goes_on(
+def _roster(configs: list[Path]) -> str:
+    """`[[run.sites]]` tables listing these sites with their keys' fingerprints."""
+    tables = []
+    for config in configs:
+        site = load_site_settings(config)
+        tables.append(
+            f'[[run.sites]]\nname = "{site.site.name}"\n'
+            f'fingerprint = "{site_fingerprint(site.node.key)}"\nrole = "train"\n'
+        )
+    return "".join(tables)
+
+
+def test_unapproved_site_is_left_out_and_unlisted_site_never_asked(
     tmp_path: Path, federation: CliFederation
 ) -> None:
+    """a and b approved the run; c is in the roster but did not approve it; d is
+    registered, connected and approved it, but the roster does not list it."""
     federation.start_server()
     approving = [_site(tmp_path, federation, name, i) for i, name in enumerate(["a", "b"])]
     refusing = _site(tmp_path, federation, "c", 2)
-    federation.start_nodes([*approving, refusing])
-    results = federation.run(
-        "unapproved", RUN.replace("min_sites = 2", "min_sites = 3"), approved_by=approving
-    )
+    unlisted = _site(tmp_path, federation, "d", 3)
+    federation.start_nodes([*approving, refusing, unlisted])
+    config = RUN.replace("min_sites = 2", "min_sites = 3") + _roster([*approving, refusing])
+    results = federation.run("unapproved", config, approved_by=[*approving, unlisted])
     assert results["status"] == "completed"
     assert sorted(site["name"] for site in results["sites"]) == ["a", "b"]
     refusals = [
@@ -125,6 +141,10 @@ def test_unapproved_site_is_left_out_and_the_run_goes_on(
     assert len(refusals) == 1 and "is not approved at this site" in refusals[0]
     node_log = (tmp_path / "c" / "state" / "audit.jsonl").read_text()
     assert '"run_refused"' in node_log
+    # The unlisted site was never asked anything: its node log has no record of the run.
+    unlisted_log = (tmp_path / "d" / "state" / "audit.jsonl").read_text()
+    assert '"run_approved"' not in unlisted_log and '"run_refused"' not in unlisted_log
+    assert '"node_started"' in unlisted_log
 
 
 def test_certificate_and_registration_commands(tmp_path: Path, federation: CliFederation) -> None:
