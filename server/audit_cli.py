@@ -2,13 +2,15 @@
 
 - `consortia audit privacy RUN_DIR [--ledger FILE ...] [--json]`
 - `consortia audit verify PATH [--ca CA.pem] [--site-key NAME=PUB.pub ...] [--provenance FILE]
-  [--json]`
+  [--unfinished] [--json]`
 - `consortia audit countersign RUN_DIR/provenance.json --site-key SITE.key --site NAME
   [--ca CA.pem] [--audit-log NODE_STATE_DIR/audit.jsonl]`
 
 Exit status: 0 when nothing is flagged, 1 when something is (or a countersignature is
 refused), 2 when the input is unusable (no such path, a malformed `results.json`, a key
-that cannot be loaded). docs/auditing.md explains the output.
+that cannot be loaded), 3 when `audit verify` found nothing altered but could not check
+every signature against the auditor's own trust anchors (NOT VERIFIED).
+docs/auditing.md explains the output.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from consortia.common.provenance import (
 )
 from consortia.common.site_keys import load_site_private_key
 from consortia.server.audit_verify import (
+    VERDICT_INTACT,
+    VERDICT_NOT_VERIFIED,
     VerifyReport,
     load_ca_certificate,
     parse_site_keys,
@@ -298,12 +302,21 @@ def render_verify(report: VerifyReport, console: Console) -> None:
             f"  {escape(report.provenance_file.name)}: signed by {escape(signers)}",
             highlight=False,
         )
-    if report.ok:
-        console.print("[bold green]INTACT[/]: no sign of alteration found.")
+    if report.verdict == VERDICT_INTACT:
+        console.print(
+            "[bold green]INTACT[/]: no sign of alteration found, every signature checked."
+        )
+    elif report.verdict == VERDICT_NOT_VERIFIED:
+        console.print(
+            "[bold yellow]NOT VERIFIED[/]: no sign of alteration found, but "
+            f"{len(report.unverified)} thing(s) could not be checked:"
+        )
     else:
         console.print(f"[bold red]ALTERED OR DAMAGED[/]: {len(report.problems)} problem(s):")
         for problem in report.problems:
             console.print(f"  [red]✗[/] {escape(problem)}", highlight=False)
+    for item in report.unverified:
+        console.print(f"  [yellow]?[/] {escape(item)}", highlight=False)
     for note in report.notes:
         console.print(f"  [yellow]note[/]: {escape(note)}", highlight=False)
 
@@ -317,15 +330,27 @@ def verify_command(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON document instead.")
     ] = False,
+    unfinished: Annotated[
+        bool,
+        typer.Option(help="The run is still in progress: no provenance.json is expected yet."),
+    ] = False,
 ) -> None:
     """Check that an audit log, and a run's signed provenance, were not altered.
 
-    Exit status 0: intact; 1: problems found (listed); 2: unreadable input. See
-    docs/auditing.md for what is detected and what is not."""
+    Exit status 0: intact and every signature checked; 1: problems found (listed);
+    2: unreadable input; 3: not verified (nothing altered found, but the CA or a site's
+    registered key was not given). See docs/auditing.md for what is detected and what is
+    not."""
     try:
         ca_cert = None if ca is None else load_ca_certificate(ca)
         site_keys = parse_site_keys(site_key) if site_key else None
-        report = verify_path(path, ca_cert=ca_cert, site_keys=site_keys, provenance_path=provenance)
+        report = verify_path(
+            path,
+            ca_cert=ca_cert,
+            site_keys=site_keys,
+            provenance_path=provenance,
+            unfinished=unfinished,
+        )
     except ConsortiaError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -335,6 +360,8 @@ def verify_command(
         render_verify(report, Console())
     if not report.ok:
         raise typer.Exit(1)
+    if report.unverified:
+        raise typer.Exit(3)
 
 
 _NODE_LOG_HELP = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ from consortia.common.site_keys import load_site_public_key
 from consortia.server.run_folder import CHECKPOINT_DIR, RESULTS_FILE
 
 __all__ = [
+    "VERDICT_ALTERED",
+    "VERDICT_INTACT",
+    "VERDICT_NOT_VERIFIED",
     "VERIFY_SCHEMA",
     "VerifyReport",
     "load_ca_certificate",
@@ -48,7 +52,12 @@ __all__ = [
     "verify_path",
 ]
 
-VERIFY_SCHEMA = "consortia.audit-verify/1"
+VERIFY_SCHEMA = "consortia.audit-verify/2"
+VERDICT_INTACT = "INTACT"
+VERDICT_NOT_VERIFIED = "NOT VERIFIED"
+VERDICT_ALTERED = "ALTERED OR DAMAGED"
+#: An honest server writes `finished_at` just after the log's last record.
+_CLOCK_SLACK_S = 2.0
 SERVER_LABEL_PREFIX = server_log_label("")
 NODE_LABEL_PREFIX = node_log_label("")
 
@@ -65,10 +74,26 @@ class VerifyReport:
     signers: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # What could not be verified for lack of the auditor's trust anchors (the CA, the
+    # sites' registered keys): nothing found altered, but not vouched for either.
+    unverified: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def verified(self) -> bool:
+        """Intact and every signature checked against a trust anchor."""
+        return self.ok and not self.unverified
+
+    @property
+    def verdict(self) -> str:
+        """INTACT, NOT VERIFIED or ALTERED (what `audit verify` prints and its exit code
+        follows: 0, 3, 1)."""
+        if not self.ok:
+            return VERDICT_ALTERED
+        return VERDICT_NOT_VERIFIED if self.unverified else VERDICT_INTACT
 
     def add_log(self, log: AuditReport) -> None:
         """Take the log's report; its problems and notes, prefixed with its file name."""
@@ -82,7 +107,9 @@ class VerifyReport:
             "path": str(self.path),
             "kind": self.kind,
             "ok": self.ok,
+            "verdict": self.verdict,
             "problems": list(self.problems),
+            "unverified": list(self.unverified),
             "notes": list(self.notes),
             "audit_log": None if self.log is None else self.log.to_dict(),
             "provenance": None
@@ -150,13 +177,23 @@ def _check_provenance(
     report.problems.extend(f"{name}: {problem}" for problem in problems)
     if ca_cert is None:
         # Without the CA, anyone could have rewritten the log and signed a new provenance
-        # with a certificate of their own: the content cannot be called intact.
-        report.problems.append(
+        # with a certificate of their own: nothing vouches for the content.
+        report.unverified.append(
             f"{name}: who signed it is unknown: the server certificate was not checked "
             "against the consortium CA (pass --ca CA.pem)"
         )
-    if not any(signer.startswith("site:") for signer in report.signers):
+    sites = [
+        signer.removeprefix("site:") for signer in report.signers if signer.startswith("site:")
+    ]
+    if not sites:
         report.notes.append(f"{name}: no site has countersigned it")
+    if site_keys is None:
+        # Any key makes a valid "site:X" countersignature: only the registered key counts.
+        report.unverified.extend(
+            f"{name}: the countersignature of site {site} was not checked against its "
+            f"registered key (pass --site-key {site}={site}.pub)"
+            for site in sites
+        )
     return not structure_problems(document.get("provenance"))
 
 
@@ -217,7 +254,34 @@ def _check_server_log(
             f"{PROVENANCE_FILE}: records {audit['records']} audit records, {log_path.name} has "
             f"{len(log.records)}"
         )
+    _check_signing_time(provenance, log, report)
     _check_model_hashes(run_dir, provenance, log, report)
+
+
+def _check_signing_time(
+    provenance: Mapping[str, Any], log: AuditReport, report: VerifyReport
+) -> None:
+    """The server signs when the run ends, after the log's last record: a `finished_at`
+    before that record is back-dated (e.g. to a time the server certificate was valid)."""
+    finished = _parse_time(provenance.get("finished_at"))
+    last = _parse_time(log.records[-1].get("time")) if log.records else None
+    if finished is None or last is None:
+        return
+    if (last - finished).total_seconds() > _CLOCK_SLACK_S:
+        report.problems.append(
+            f"{PROVENANCE_FILE}: finished_at {finished.isoformat()} precedes the audit log's "
+            f"last record ({last.isoformat()}): the signing time was back-dated"
+        )
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _verify_run_folder(
@@ -226,6 +290,7 @@ def _verify_run_folder(
     document: dict[str, Any] | None,
     ca_cert: x509.Certificate | None,
     site_keys: Mapping[str, ec.EllipticCurvePublicKey] | None,
+    unfinished: bool,
 ) -> None:
     usable = document is not None and _check_provenance(document, report, ca_cert, site_keys)
     provenance = document["provenance"] if document is not None and usable else None
@@ -238,10 +303,14 @@ def _verify_run_folder(
     if not (run_dir / name).is_file():
         raise AuditLogError(f"{run_dir}: no audit log {name} in the run folder")
     if document is None:
-        report.notes.append(
+        message = (
             f"no {PROVENANCE_FILE}: the run did not finish, or it was removed; without it "
             "a removed tail of the audit log cannot be detected"
         )
+        if unfinished:
+            report.notes.append(message)
+        else:
+            report.problems.append(f"{message} (--unfinished for a run still in progress)")
     _check_server_log(run_dir / name, provenance, report, run_dir)
 
 
@@ -264,12 +333,14 @@ def verify_path(
     ca_cert: x509.Certificate | None = None,
     site_keys: Mapping[str, ec.EllipticCurvePublicKey] | None = None,
     provenance_path: Path | None = None,
+    unfinished: bool = False,
 ) -> VerifyReport:
     """Verify an audit log file, a run folder or a node state folder (see module doc).
 
     `provenance_path`: a signed provenance to check the log against (for a run folder its
     own `provenance.json` is used when not given; for a node's log, the node's audit head
-    as recorded in that provenance must be in the log)."""
+    as recorded in that provenance must be in the log). A run folder without its signed
+    provenance is a problem unless `unfinished` (a run still in progress)."""
     if not path.exists():
         raise AuditLogError(f"{path}: no such file or folder")
     is_run = path.is_dir() and ((path / PROVENANCE_FILE).exists() or (path / RESULTS_FILE).exists())
@@ -279,7 +350,7 @@ def verify_path(
         provenance_path = path / PROVENANCE_FILE
     document = None if provenance_path is None else _load_provenance(provenance_path, report)
     if is_run:
-        _verify_run_folder(path, report, document, ca_cert, site_keys)
+        _verify_run_folder(path, report, document, ca_cert, site_keys, unfinished)
         return report
     log_path = path if path.is_file() else path / AUDIT_LOG_FILE
     if not log_path.is_file():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def layout(tmp_path: Path) -> Layout:
         config_hash="c" * 64,
         app_hash="a" * 64,
         started_at="2026-03-01T12:00:00.000Z",
-        finished_at=NOW.isoformat(),
+        finished_at=datetime.now(UTC).isoformat(),  # the server signs after the last record
         status="completed",
         participants=[
             {
@@ -137,8 +138,9 @@ def _drop_last_lines(path: Path, count: int) -> None:
 
 def test_intact_run_folder(layout: Layout) -> None:
     code, output = _invoke("verify", layout.run)
-    assert code == 1, output  # without the CA nobody can say who signed the provenance
-    assert "pass --ca CA.pem" in output
+    assert code == 3, output  # without the CA nobody can say who signed the provenance
+    assert "NOT VERIFIED" in output and "pass --ca CA.pem" in output
+    assert "ALTERED" not in output
     code, output = _invoke("verify", layout.run, "--ca", layout.ca)
     assert code == 0, output
     assert "INTACT" in output and "signed by server" in output
@@ -243,14 +245,20 @@ def test_tampered_provenance_and_wrong_ca(layout: Layout, tmp_path: Path) -> Non
 
 
 def test_run_folder_without_provenance(layout: Layout) -> None:
+    """Red-team F11: provenance.json deleted and the audit tail cut used to verify as OK
+    with only a note; now it is a problem unless the auditor says the run is unfinished."""
     layout.provenance.unlink()
     _drop_last_lines(layout.run / "audit.jsonl", 2)  # undetectable without provenance
     code, report = _verify(layout.run, "--ca", layout.ca)
+    assert code == 1 and report["provenance"] is None
+    assert report["problems"][0].startswith("no provenance.json: the run did not finish")
+    assert "--unfinished" in report["problems"][0]
+    code, report = _verify(layout.run, "--ca", layout.ca, "--unfinished")
     assert code == 0 and report["provenance"] is None
     assert report["notes"][0].startswith("no provenance.json: the run did not finish")
     node_log = (layout.node / "audit.jsonl").read_bytes()
     (layout.run / "audit.jsonl").write_bytes(node_log)  # another party's log
-    code, report = _verify(layout.run, "--ca", layout.ca)
+    code, report = _verify(layout.run, "--ca", layout.ca, "--unfinished")
     assert code == 1 and report["problems"] == [
         "audit.jsonl: labelled 'node:site-a', not a server run log"
     ]
@@ -324,3 +332,37 @@ def test_provenance_disagreeing_with_the_log(layout: Layout) -> None:
         "checkpoints/round-001.pt: its SHA-256 differs from the provenance's "
         "global_model_sha256 (the checkpoint was replaced or altered)",
     ]
+
+
+def test_a_countersignature_with_any_key_is_not_verified_without_the_registered_key(
+    layout: Layout,
+) -> None:
+    """Red-team F8: a "site:X" countersignature made with any key used to pass unless the
+    auditor passed --site-key; now it is NOT VERIFIED (exit 3) until the registered key
+    is given, and ALTERED when that key is not the one that signed."""
+    code, output = _invoke(
+        "countersign", layout.provenance, "--site-key", layout.keys["site-b"][0], "--site", "site-a"
+    )  # site-b's key, signing as site-a: a forgery
+    assert code == 0, output
+    code, report = _verify(layout.run, "--ca", layout.ca)
+    assert code == 3 and report["verdict"] == "NOT VERIFIED", report
+    assert report["problems"] == []
+    assert any("site site-a was not checked" in item for item in report["unverified"])
+    code, report = _verify(
+        layout.run, "--ca", layout.ca, *layout.site_key_args(**{"site-a": "site-a"})
+    )
+    assert code == 1 and report["verdict"] == "ALTERED OR DAMAGED"
+    assert any("other than the site's registered key" in p for p in report["problems"])
+
+
+def test_a_back_dated_signing_time_is_detected(layout: Layout) -> None:
+    """Red-team F8: a server key could sign today with `finished_at` set back to a time
+    its certificate was valid; the audit log's last record bounds the signing time."""
+    document = json.loads(layout.provenance.read_text())
+    provenance = dict(document["provenance"])
+    provenance["finished_at"] = (NOW - timedelta(hours=12)).isoformat()  # cert still valid
+    resigned = sign_provenance(provenance, AUTHORITY.server_key, AUTHORITY.server_cert_pem)
+    write_provenance(layout.provenance, resigned)
+    code, report = _verify(layout.run, "--ca", layout.ca)
+    assert code == 1, report
+    assert any("the signing time was back-dated" in p for p in report["problems"])
