@@ -3,6 +3,7 @@
 - `consortia audit privacy RUN_DIR [--ledger FILE ...] [--json]`
 - `consortia audit verify PATH [--ca CA.pem] [--site-key NAME=PUB.pub ...] [--provenance FILE]
   [--unfinished] [--json]`
+- `consortia audit config-hash RUN.toml`, `consortia audit compare PROV_A PROV_B`
 - `consortia audit countersign RUN_DIR/provenance.json --site-key SITE.key --site NAME
   [--ca CA.pem] [--audit-log NODE_STATE_DIR/audit.jsonl]`
 
@@ -232,8 +233,19 @@ def render_audit(audit: PrivacyAudit, console: Console) -> None:
         "'total' = the data set's lifetime epsilon (from the ledger's history), "
         "'run' = this run's rounds (from the server's records)."
     )
+    unchecked = sites_without_ledger(audit)
+    if unchecked:
+        console.print(
+            f"[yellow]Not checked against a ledger[/] ({len(unchecked)} training site(s)): "
+            f"{escape(', '.join(unchecked))}. Their lifetime totals are the server's word "
+            "only; pass each site's --ledger (--strict fails until every site's is given).",
+            highlight=False,
+        )
     if audit.clean:
-        console.print("[green]Nothing flagged.[/]")
+        console.print(
+            "[green]Nothing flagged.[/]"
+            + (" (for the sites whose ledgers were given)" if unchecked else "")
+        )
         return
     console.print(f"[bold red]{len(audit.flags)} finding(s):[/]")
     for flag in audit.flags:
@@ -250,11 +262,15 @@ def privacy_command(
         typer.Option("--ledger", help=_LEDGER_HELP, exists=True, dir_okay=False),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    strict: Annotated[
+        bool, typer.Option(help="Fail (exit 1) when a training site's ledger was not given.")
+    ] = False,
 ) -> None:
     """Every site's epsilon and delta per round, checked against its ledger and recomputed.
 
     Recomputes with Google's dp-accounting (RDP and PLD). Exit status 0: nothing flagged;
-    1: findings (listed at the end); 2: unusable input. See docs/auditing.md."""
+    1: findings (listed at the end), or with --strict a training site whose ledger was not
+    given; 2: unusable input. See docs/auditing.md."""
     from consortia.server.privacy_audit import audit_privacy
 
     try:
@@ -262,12 +278,64 @@ def privacy_command(
     except ConsortiaError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    unchecked = sites_without_ledger(audit)
     if json_output:
-        typer.echo(json.dumps(audit.to_dict(), indent=2, allow_nan=False))
+        document = audit.to_dict() | {"sites_without_ledger": unchecked}
+        typer.echo(json.dumps(document, indent=2, allow_nan=False))
     else:
         render_audit(audit, Console())
-    if not audit.clean:
+    if not audit.clean or (strict and unchecked):
         raise typer.Exit(1)
+
+
+def sites_without_ledger(audit: PrivacyAudit) -> list[str]:
+    """The training sites of the audit whose ledger was not given (not checked)."""
+    return sorted(site.name for site in audit.sites if site.ledger is None)
+
+
+@audit_app.command("config-hash")
+def config_hash_command(
+    run_config: Annotated[Path, typer.Argument(help="A study's run config (TOML).")],
+) -> None:
+    """The SHA-256 a site approves for this run config (as in approvals, the audit log and
+    the provenance's config_hash). Exit status 2: the config is not valid."""
+    from consortia.common.run_identity import config_hash
+    from consortia.common.settings import load_run_settings
+
+    try:
+        settings = load_run_settings(run_config)
+    except ConsortiaError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{config_hash(settings)}  {run_config}")
+
+
+@audit_app.command("compare")
+def compare_command(
+    first: Annotated[Path, typer.Argument(help="A provenance.json (e.g. the run folder's).")],
+    second: Annotated[Path, typer.Argument(help="Another copy (e.g. a site's).")],
+) -> None:
+    """Whether two provenance copies hold the same signed content (whatever their
+    signatures and formatting). Exit status 0: the same; 1: they differ (the differing
+    fields are listed); 2: a file is not a provenance document."""
+    from consortia.common.provenance import provenance_sha256, read_provenance
+
+    try:
+        documents = [read_provenance(path) for path in (first, second)]
+        digests = [provenance_sha256(document) for document in documents]
+    except (ConsortiaError, KeyError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if digests[0] == digests[1]:
+        typer.echo(f"SAME signed content: sha256 {digests[0]}")
+        return
+    bodies = [document["provenance"] for document in documents]
+    fields = sorted(
+        key for key in set(bodies[0]) | set(bodies[1]) if bodies[0].get(key) != bodies[1].get(key)
+    )
+    typer.echo(f"DIFFERENT signed content: {digests[0]} vs {digests[1]}")
+    typer.echo(f"fields that differ: {', '.join(fields)}")
+    raise typer.Exit(1)
 
 
 _VERIFY_PATH_HELP = (

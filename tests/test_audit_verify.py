@@ -366,3 +366,36 @@ def test_a_back_dated_signing_time_is_detected(layout: Layout) -> None:
     code, report = _verify(layout.run, "--ca", layout.ca)
     assert code == 1, report
     assert any("the signing time was back-dated" in p for p in report["problems"])
+
+
+def test_config_hash_command_matches_the_approval(tmp_path: Path) -> None:
+    from consortia.common.run_identity import config_hash
+    from consortia.common.settings import load_run_settings
+
+    config = Path(__file__).parents[1] / "configs" / "run-segmentation.toml"
+    code, output = _invoke("config-hash", config)
+    assert code == 0, output
+    assert output.split()[0] == config_hash(load_run_settings(config))
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[run]\nrounds = "five"\n')
+    code, output = _invoke("config-hash", broken)
+    assert code == 2 and "broken.toml [run]: rounds" in output
+
+
+def test_compare_two_provenance_copies(layout: Layout, tmp_path: Path) -> None:
+    copy = tmp_path / "site-copy.json"
+    document = json.loads(layout.provenance.read_text())
+    copy.write_text(json.dumps(document, indent=4))  # other formatting, same content
+    code, output = _invoke("compare", layout.provenance, copy)
+    assert code == 0 and output.startswith("SAME signed content"), output
+    code, output = _invoke(
+        "countersign", copy, "--site-key", layout.keys["site-a"][0], "--site", "site-a"
+    )
+    assert code == 0, output  # an added countersignature does not change the content
+    assert _invoke("compare", layout.provenance, copy)[0] == 0
+    document["provenance"]["status"] = "failed"
+    copy.write_text(json.dumps(document))
+    code, output = _invoke("compare", layout.provenance, copy)
+    assert code == 1 and "DIFFERENT" in output and "fields that differ: status" in output
+    copy.write_text("{}")
+    assert _invoke("compare", layout.provenance, copy)[0] == 2

@@ -367,3 +367,20 @@ def test_results_without_privacy_section_is_unusable(case: Path, recomputer: Rec
     _write(case / "run", results)
     with pytest.raises(ConsortiaError, match=r"results\.json: top level\.privacy: missing"):
         _audit(case, recomputer)
+
+
+def test_sites_without_a_ledger_are_named_and_strict_fails_on_them(case: Path) -> None:
+    """Issue 21: with no ledgers the audit used to end 'Nothing flagged.', exit 0, though
+    no site's lifetime total was checked. Now it names the unchecked sites, and --strict
+    fails until every training site's ledger is given."""
+    lenient = _cli(str(case / "run"))
+    assert lenient.exit_code == 0, lenient.output
+    assert "Not checked against a ledger" in lenient.output
+    assert "site-a, site-b" in lenient.output
+    strict = _cli(str(case / "run"), "--strict", "--json")
+    assert strict.exit_code == 1, strict.output
+    assert json.loads(strict.output)["sites_without_ledger"] == ["site-a", "site-b"]
+    one = _cli(str(case / "run"), "--strict", "--ledger", str(_ledgers(case)[0]))
+    assert one.exit_code == 1 and "site-b" in one.output
+    every = [arg for path in _ledgers(case) for arg in ("--ledger", str(path))]
+    assert _cli(str(case / "run"), "--strict", *every).exit_code == 0
