@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from consortia.common.errors import ConsortiaError
 from consortia.common.logs import utc_now
-from consortia.common.provenance import PROVENANCE_FILE
+from consortia.common.provenance import PROVENANCE_FILE, verify_provenance
 from consortia.server.round_evaluation import HOLDOUT, TRAINING_SITES
 from consortia.server.run_folder import RESULTS_FILE, read_results
 from consortia.server.saliency_store import SALIENCY_DIR
@@ -188,6 +188,25 @@ def _participation(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _signers(document: Mapping[str, Any]) -> list[str]:
+    """Each signer with what the report checked: the signature over the content (its
+    holder's identity needs the CA and the sites' keys: `consortia audit verify`)."""
+    problems = verify_provenance(document, ca_cert=None, site_keys=None)
+    labelled = []
+    for entry in document.get("signatures") or []:
+        signer = str(entry.get("signer", "signature")) if isinstance(entry, Mapping) else "?"
+        prefix = (
+            "server signature"
+            if signer == "server"
+            else f"countersignature of site {signer.removeprefix('site:')}"
+        )
+        if any(problem.startswith(prefix) for problem in problems):
+            labelled.append(f"{signer} (INVALID signature)")
+        else:
+            labelled.append(f"{signer} (signature valid; signer unverified: audit verify --ca)")
+    return labelled
+
+
 def _provenance(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
     path = run_dir / PROVENANCE_FILE
     summary: dict[str, Any] = {
@@ -214,9 +233,7 @@ def _provenance(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
         raise ReportError(f"{path}: unreadable ({err})") from None
     audit = body.get("audit_log") or {}
     summary.update(
-        signatures=[
-            s.get("signer", s.get("role", "signature")) for s in document.get("signatures") or []
-        ],
+        signatures=_signers(document),
         audit_head=audit.get("head"),
         audit_records=audit.get("records"),
         participants=[

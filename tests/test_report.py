@@ -249,3 +249,35 @@ def test_report_of_a_run_that_failed_before_any_round(tmp_path: Path) -> None:
     html = (tmp_path / "out" / REPORT_HTML).read_text()
     assert "no training site answered; nothing to train" in html
     assert "No evaluation was recorded." in html
+
+
+def test_report_checks_the_provenance_signatures_and_labels_the_signers(tmp_path: Path) -> None:
+    """Red-team F17: the report listed provenance signers without verifying them. It now
+    checks every signature over the content and labels each signer: valid (identity
+    unverified: that needs the CA and the sites' keys) or INVALID."""
+    from consortia.common.provenance import countersign, sign_provenance
+    from tests.provenance_keys import make_authority, site_key
+
+    run_dir = tmp_path / "run"
+    write_run_folder(run_dir)
+    authority = make_authority()
+    body = {
+        "schema": "consortia.provenance/1", "run_id": "r", "run_name": "run",
+        "config_hash": "c" * 64, "app_hash": "a" * 64, "started_at": "2026-03-01T12:00:00Z",
+        "finished_at": "2026-03-01T13:00:00Z", "status": "completed",
+        "participants": [{"site": "north", "role": "train", "dataset_fingerprint": "1" * 64}],
+        "rounds": [], "privacy": {}, "secure_aggregation": {"enabled": False, "parameters": {}},
+        "audit_log": {"file": "audit.jsonl", "head": "0" * 64, "records": 1},
+    }  # fmt: skip
+    signed = sign_provenance(body, authority.server_key, authority.server_cert_pem)
+    signed = countersign(signed, "north", site_key())
+    write_json_atomic(run_dir / "provenance.json", signed)
+    signers = build_report(run_dir)["provenance"]["signatures"]
+    assert signers == [
+        "server (signature valid; signer unverified: audit verify --ca)",
+        "site:north (signature valid; signer unverified: audit verify --ca)",
+    ]
+    signed["provenance"]["status"] = "failed"  # altered after signing
+    write_json_atomic(run_dir / "provenance.json", signed)
+    signers = build_report(run_dir)["provenance"]["signatures"]
+    assert signers == ["server (INVALID signature)", "site:north (INVALID signature)"]
