@@ -15,6 +15,7 @@ from collections.abc import Callable
 from flwr.app import Context, Error, Message
 
 from consortia.client.node_audit import node_audit_for
+from consortia.client.secagg_handlers import plain_update_refusal
 from consortia.client.site_context import is_simulated, site_settings
 from consortia.common import records as rk
 from consortia.common.approvals import ApprovalStore, RunNotApprovedError
@@ -89,12 +90,13 @@ def _check(
         wrong = instruction_mismatches(instruction, settings)
         if wrong:
             return f"the message's instructions differ from the approved run: {', '.join(wrong)}"
-        plain_train = msg.metadata.message_type == "train" and not instruction.secure
-        had_session = rk.SECAGG_STATE_KEY in context.state
-        if plain_train and (settings.secure_aggregation.mode == "on" or had_session):
-            return (
-                "the approved run aggregates securely; this site does not send a plain "
-                "update (no downgrade of secure aggregation)"
+        if msg.metadata.message_type == "train" and not instruction.secure:
+            # Secure aggregation is the site's rule, not the server's choice (F6).
+            return plain_update_refusal(
+                settings,
+                site.state_path,
+                identity.config_hash,
+                rk.SECAGG_STATE_KEY in context.state,
             )
     return None
 

@@ -7,18 +7,32 @@ lists of them). It holds the session's private keys, the secrets derived from th
 each neighbour, and, between masking and unmasking, this site's own shares of the round:
 it must stay at the site (Flower keeps `context.state` on the SuperNode). A round's
 shares are dropped once the round is unmasked or the next round is masked.
+
+What must outlive the node process is kept on disk instead (`SecureRecord`, one small
+JSON file per approved run config in the node's state folder): that the run had a
+secure session (so that a restarted node still refuses a plain update, F6), and which
+session and participants each round's update was masked for (so that a released update
+never enters a second sum, F1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
+from consortia.common.files import exclusive_lock, write_json_atomic
 from consortia.common.secagg_config import ConfigValue, SecAggConfig, SecAggError
 
-__all__ = ["ClientState", "Peer", "Stage"]
+__all__ = ["SECURE_RECORDS_DIR", "ClientState", "Peer", "SecureRecord", "Stage"]
+
+SECURE_RECORDS_DIR = "secagg"  # in the node's state folder
+_CONFIG_HASH = re.compile(r"^[0-9a-f]{64}$")
+_RECORD_VERSION = 1
 
 _KEY_BYTES = 48
 
@@ -137,3 +151,85 @@ class ClientState:
             round_participants=tuple(items("round_participants", int)),
             own_bundle=own_bundle,
         )
+
+
+class SecureRecord:
+    """What a site keeps on disk about secure aggregation in one approved run config
+    (`<state>/secagg/<config hash>.json`, owner-only): whether a secure session was ever
+    started (F6: a restart does not forget it), and per round the session and
+    participants its update was masked for (F1: an update enters at most one sum).
+
+    Keyed on the approved config's hash, not on a run id the server chooses: another
+    Flower run of the same approved config is the same study. A record that cannot be
+    read refuses (the site sits out) rather than starting afresh.
+    """
+
+    def __init__(self, state_dir: Path, config_hash: str) -> None:
+        if not isinstance(config_hash, str) or not _CONFIG_HASH.fullmatch(config_hash):
+            raise SecAggError("secure record: the config hash must be 64 hex digits")
+        self.config_hash = config_hash
+        self.path = state_dir / SECURE_RECORDS_DIR / f"{config_hash}.json"
+
+    def had_session(self) -> bool:
+        """Whether this site ever started a secure session in this approved run."""
+        return self.path.exists()
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {"version": _RECORD_VERSION, "config_hash": self.config_hash, "rounds": {}}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise SecAggError(f"secure record {self.path.name} is unreadable ({err})") from None
+        rounds = data.get("rounds") if isinstance(data, dict) else None
+        if (
+            not isinstance(rounds, dict)
+            or data.get("config_hash") != self.config_hash
+            or data.get("version") != _RECORD_VERSION
+        ):
+            raise SecAggError(f"secure record {self.path.name}: malformed or of another run")
+        return data
+
+    def _write(self, data: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_json_atomic(self.path, data)
+
+    def note_session(self, session: int) -> None:
+        """Record that a secure session started (before its keys leave the site)."""
+        with exclusive_lock(self.path):
+            data = self._read()
+            data["sessions"] = int(data.get("sessions", 0)) + 1
+            data["last_session"] = session
+            self._write(data)
+
+    def round_refusal(
+        self, round_number: int, session: int, participants: Sequence[int]
+    ) -> str | None:
+        """Why this site sits out masking `round_number` in `session` with
+        `participants`, or None: an update masked for this round before may go only
+        into the same session's sum over the same participants (F1)."""
+        kept = self._read()["rounds"].get(str(round_number))
+        if kept is None:
+            return None
+        if kept == {"session": session, "participants": sorted(participants)}:
+            return None
+        return (
+            f"round {round_number} of this approved run already went into a secure sum "
+            f"(session {kept.get('session')}, {len(kept.get('participants', []))} sites); "
+            "this site sits the round out: an update enters at most one sum"
+        )
+
+    def note_round(self, round_number: int, session: int, participants: Sequence[int]) -> None:
+        """Record, before the masked update leaves the site, which session and
+        participants round `round_number` was masked for; raises `SecAggError` when
+        another one already holds it (a second process raced this one)."""
+        with exclusive_lock(self.path):
+            refusal = self.round_refusal(round_number, session, participants)
+            if refusal is not None:
+                raise SecAggError(refusal)
+            data = self._read()
+            data["rounds"][str(round_number)] = {
+                "session": session,
+                "participants": sorted(participants),
+            }
+            self._write(data)

@@ -33,6 +33,7 @@ from typing import Any
 from consortia.common.errors import ConsortiaError
 
 __all__ = [
+    "MAX_PARTICIPANTS",
     "MODULUS_BITS",
     "PROTOCOL",
     "ConfigValue",
@@ -47,6 +48,10 @@ PROTOCOL = "consortia-secagg/2"
 
 MODULUS_BITS = 32
 """Masked vectors are integers modulo 2**32 (uint32: as many bytes as float32)."""
+
+MAX_PARTICIPANTS = 1_000
+"""Most sites one session may name (checked before anything is built from the list; a
+site with a roster bounds it by the roster, `consortia.common.secagg_roster`)."""
 
 ConfigValue = (
     int
@@ -124,6 +129,11 @@ class SecAggConfig:
                 f"secagg config: 'session' must be unsigned 64-bit, got {self.session}"
             )
         ids = self.participants
+        if isinstance(ids, tuple) and len(ids) > MAX_PARTICIPANTS:
+            raise SecAggError(
+                f"secagg config: 'participants' names {len(ids)} nodes, at most "
+                f"{MAX_PARTICIPANTS} allowed"
+            )
         if not isinstance(ids, tuple) or not all(_is_int(i) and 0 <= i < _MAX_ID for i in ids):
             raise SecAggError(
                 "secagg config: 'participants' must be a tuple of unsigned 64-bit node ids"
@@ -156,24 +166,29 @@ class SecAggConfig:
         return len(self.participants)
 
     @cached_property
-    def _graph(self) -> dict[int, tuple[int, ...]]:
-        n = self.n
-        if group_size(n, self.neighbours) == n:
-            return {i: tuple(j for j in self.participants if j != i) for i in self.participants}
-        half = math.ceil(self.neighbours / 2)
-        ring = sorted(self.participants, key=lambda i: _ring_key(self.session, i))
-        graph: dict[int, tuple[int, ...]] = {}
-        for pos, node in enumerate(ring):
-            near = {ring[(pos + off) % n] for off in range(-half, half + 1) if off != 0}
-            graph[node] = tuple(sorted(near))
-        return graph
+    def _members(self) -> frozenset[int]:
+        return frozenset(self.participants)
+
+    @cached_property
+    def _ring(self) -> tuple[tuple[int, ...], dict[int, int]]:
+        """The session's ring and each node's position on it (sparse graphs only)."""
+        ring = tuple(sorted(self.participants, key=lambda i: _ring_key(self.session, i)))
+        return ring, {node: pos for pos, node in enumerate(ring)}
 
     def neighbours_of(self, node_id: int) -> tuple[int, ...]:
-        """The sorted neighbours of `node_id` (never itself), the same at every party."""
-        try:
-            return self._graph[node_id]
-        except (KeyError, TypeError):
-            raise SecAggError(f"node {node_id} is not a participant of this session") from None
+        """The sorted neighbours of `node_id` (never itself), the same at every party.
+
+        Computed per node (O(n) for the complete graph, O(k) on the ring), so that no
+        party ever holds the whole graph (F12: O(n^2) for the complete graph)."""
+        if not _is_int(node_id) or node_id not in self._members:
+            raise SecAggError(f"node {node_id} is not a participant of this session")
+        n = self.n
+        if group_size(n, self.neighbours) == n:
+            return tuple(j for j in self.participants if j != node_id)
+        half = math.ceil(self.neighbours / 2)
+        ring, positions = self._ring
+        pos = positions[node_id]
+        return tuple(sorted({ring[(pos + off) % n] for off in range(-half, half + 1) if off}))
 
     def group_of(self, node_id: int) -> tuple[int, ...]:
         """`node_id` and its neighbours, sorted: the holders of its secret shares."""

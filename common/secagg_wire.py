@@ -8,7 +8,9 @@ travel as a uint32 `Array` in an ArrayRecord (4 bytes per value, as many as the 
 update).
 
 Messages of a session: the config (`SecAggConfig.to_config`) out and the public keys back
-(`encode_public_keys`); the neighbours' keys (`encode_public_keys`) and the round
+(`encode_public_keys`, with the site's signature over them, `KeyAdvert`, in the same
+record: signing adds no message); the neighbours' keys and signatures
+(`encode_public_keys`, `decode_adverts`) and the round
 (`encode_round`) out with `train`, the encrypted shares (`encode_ciphertexts`) back with
 the masked vector; the unmask request (`encode_unmask_request`) out and the shares
 (`encode_unmask_shares`) back.
@@ -20,8 +22,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from consortia.common.secagg_config import ConfigValue, SecAggError
+from consortia.common.secagg_roster import KeyAdvert
 
 __all__ = [
+    "decode_adverts",
     "decode_ciphertexts",
     "decode_public_keys",
     "decode_round",
@@ -64,14 +68,48 @@ def _bytes_list(record: Mapping[str, Any], key: str, source: str, length: int) -
     return list(values)
 
 
-def encode_public_keys(keys: Mapping[int, Mapping[str, bytes]]) -> dict[str, ConfigValue]:
-    """Public keys by node (`{"c": ..., "s": ...}` each) as three lists."""
+def encode_public_keys(
+    keys: Mapping[int, Mapping[str, bytes]], adverts: Mapping[int, KeyAdvert] | None = None
+) -> dict[str, ConfigValue]:
+    """Public keys by node (`{"c": ..., "s": ...}` each) as three lists, and the sites'
+    signatures over them (`adverts`, by node; those of nodes without keys left out) as
+    four more."""
     ids = sorted(keys)
-    return {
+    out: dict[str, ConfigValue] = {
         "pk_ids": ids,
         "pk_c": [keys[i]["c"] for i in ids],
         "pk_s": [keys[i]["s"] for i in ids],
     }
+    signed = sorted(node for node in adverts or {} if node in keys)
+    if adverts and signed:
+        out["adv_ids"] = signed
+        out["adv_site"] = [adverts[i].site for i in signed]
+        out["adv_key"] = [adverts[i].site_key for i in signed]
+        out["adv_sig"] = [adverts[i].signature for i in signed]
+    return out
+
+
+def decode_adverts(record: Mapping[str, Any], source: str) -> dict[int, KeyAdvert]:
+    """The signatures `encode_public_keys` added, by node (empty when there are none);
+    only for nodes whose keys the record holds."""
+    if "adv_ids" not in record:
+        return {}
+    ids = _ints(record, "adv_ids", source)
+    if not set(ids) <= set(_ints(record, "pk_ids", source)):
+        raise SecAggError(f"secagg message from {source}: 'adv_ids' names a node without keys")
+    sites = record.get("adv_site")
+    if not isinstance(sites, list) or not all(isinstance(v, str) for v in sites):
+        raise SecAggError(f"secagg message from {source}: 'adv_site' must be a list of names")
+    if len(sites) != len(ids):
+        raise SecAggError(f"secagg message from {source}: 'adv_site' has the wrong length")
+    keys = _bytes_list(record, "adv_key", source, len(ids))
+    signatures = _bytes_list(record, "adv_sig", source, len(ids))
+    adverts: dict[int, KeyAdvert] = {}
+    for node, site, key, signature in zip(ids, sites, keys, signatures, strict=True):
+        advert = KeyAdvert(site=site, site_key=key, signature=signature)
+        advert.check_shape(f"node {node} (from {source})")
+        adverts[node] = advert
+    return adverts
 
 
 def decode_public_keys(record: Mapping[str, Any], source: str) -> dict[int, dict[str, bytes]]:

@@ -37,6 +37,7 @@ from consortia.common.record_fields import RecordFieldError
 from consortia.common.records import ERROR_PRIVACY_BUDGET
 from consortia.common.run_identity import RunIdentity
 from consortia.common.secagg_config import SecAggError
+from consortia.common.secagg_roster import secure_required
 from consortia.common.settings import Role, RunSettings
 from consortia.common.weights import WeightLayout
 from consortia.server.aggregation import UpdateShapeError
@@ -473,7 +474,10 @@ class Federation:
         trainers = sum(site.role is Role.TRAIN for site in self.sites.values())
         # What counts is how many sites each round sums over (sites_per_round may sample).
         per_round = min(self.settings.sites_per_round or trainers, trainers)
-        self.secure_on = self.secure is not None and self.settings.secure_aggregation_for(per_round)
+        # With a roster of enough training sites the sites refuse plain updates (F6).
+        self.secure_on = self.secure is not None and (
+            self.settings.secure_aggregation_for(per_round) or secure_required(self.settings)
+        )
         mode = self.settings.secure_aggregation.mode
         if self.secure_on:
             reason = f"mode {mode!r}, {per_round} training sites per round"

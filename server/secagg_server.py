@@ -29,6 +29,7 @@ import numpy.typing as npt
 from consortia.common.secagg_config import SecAggConfig, SecAggError
 from consortia.common.secagg_crypto import combine_secret, public_key_bytes, public_key_from_bytes
 from consortia.common.secagg_math import add_mask, dequantise_sum, self_mask_key, subtract_mask
+from consortia.common.secagg_roster import KeyAdvert
 
 __all__ = ["SecAggServer"]
 
@@ -50,6 +51,7 @@ class SecAggServer:
     def __init__(self, config: SecAggConfig) -> None:
         self.config = config
         self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._adverts: dict[int, KeyAdvert] = {}  # the sites' signatures over their keys
         self._session_stage = _KEYS  # _KEYS until the keys are in, then _BEGIN
         self._session_failed = False
         self._round = -1
@@ -120,15 +122,27 @@ class SecAggServer:
             if peer in self._keys
         }
 
+    def adverts_for(self, node: int) -> dict[int, KeyAdvert]:
+        """The signatures over the keys `keys_for(node)` returns (of the sites that sent
+        one): forwarded with them, each site checks its neighbours' against the roster."""
+        return {peer: self._adverts[peer] for peer in self.keys_for(node) if peer in self._adverts}
+
     # --- session setup ---------------------------------------------------------------------
 
     def receive_public_keys(
-        self, keys: Mapping[int, Mapping[str, bytes]]
+        self,
+        keys: Mapping[int, Mapping[str, bytes]],
+        adverts: Mapping[int, KeyAdvert] | None = None,
     ) -> dict[int, dict[int, dict[str, bytes]]]:
-        """The sites' answers to the session's key advertisement; returns, per site, the
-        public keys to forward to it (`keys_for`)."""
+        """The sites' answers to the session's key advertisement (their public keys and,
+        from sites with a registered key, their signatures over them); returns, per site,
+        the public keys to forward to it (`keys_for`, with `adverts_for`)."""
         if self._session_failed or self._session_stage != _KEYS:
             raise SecAggError(f"secagg session {self.config.session}: keys were already received")
+        strangers = sorted(set(adverts or {}) - set(keys))
+        if strangers:
+            raise SecAggError(f"secagg: a signature for node {strangers[0]}, which sent no keys")
+        self._adverts = dict(adverts or {})
         try:
             return self._receive_public_keys(keys)
         except SecAggError:

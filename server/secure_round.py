@@ -22,7 +22,9 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from consortia.common import records as rk
 from consortia.common.record_fields import RecordFieldError, get_config_record
 from consortia.common.secagg_config import SecAggConfig, SecAggError
+from consortia.common.secagg_roster import KeyAdvert
 from consortia.common.secagg_wire import (
+    decode_adverts,
     decode_public_keys,
     decode_unmask_shares,
     encode_public_keys,
@@ -114,13 +116,16 @@ class SecureAggregator:
             },
         )
         keys: dict[int, dict[str, bytes]] = {}
+        adverts: dict[int, KeyAdvert] = {}
         for node, record in answers.items():
             decoded = decode_public_keys(record, f"node {node}")
-            if set(decoded) != {node}:
+            signed = decode_adverts(record, f"node {node}")
+            if set(decoded) != {node} or not set(signed) <= {node}:
                 raise SecAggError(f"node {node} sent keys for other nodes")
             keys[node] = decoded[node]
+            adverts.update(signed)
         self.setup_dropped = [n for n in config.participants if n not in keys]
-        session.receive_public_keys(keys)
+        session.receive_public_keys(keys, adverts)
         self.sessions_started += 1
         logger.info(
             "secure aggregation session %d: %d of %d sites (threshold %d, %d neighbours)",
@@ -150,7 +155,9 @@ class SecureAggregator:
         round_record = ConfigRecord(encode_round(round_number, self.participants))
         return {
             node: {
-                rk.SECAGG_PEERS_KEY: ConfigRecord(encode_public_keys(self.session.keys_for(node))),
+                rk.SECAGG_PEERS_KEY: ConfigRecord(
+                    encode_public_keys(self.session.keys_for(node), self.session.adverts_for(node))
+                ),
                 rk.SECAGG_ROUND_KEY: round_record,
             }
             for node in self.participants

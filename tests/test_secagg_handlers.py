@@ -5,7 +5,9 @@ too small to hide anyone), with real Flower messages and contexts."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -36,11 +38,24 @@ def _keys_message(config: SecAggConfig) -> Message:
     return Message(content, dst_node_id=1, message_type="train.secagg_keys", group_id="1")
 
 
-def _context(settings: RunSettings = SETTINGS) -> Context:
+@pytest.fixture()
+def site(tmp_path: Path) -> Path:
+    """A real site config (the handlers read its state folder and key)."""
+    np.savez(tmp_path / "data.npz", x=np.zeros(1))
+    config = tmp_path / "site.toml"
+    config.write_text(
+        '[site]\nname = "a"\n[data]\npath = "data.npz"\n[node]\ninsecure = true\n'
+        'state_dir = "state"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+def _context(site: Path, settings: RunSettings = SETTINGS) -> Context:
     return Context(
         run_id=5,
         node_id=1,
-        node_config={},
+        node_config={rk.NODE_CONFIG_SITE_CONFIG: str(site)},
         state=RecordDict(),
         run_config={rk.RUN_CONFIG_SETTINGS: settings.to_json()},
     )
@@ -59,8 +74,8 @@ def _config(sites: int, **changes: object) -> SecAggConfig:
     return SecAggConfig(**fields)  # type: ignore[arg-type]
 
 
-def test_the_approved_parameters_start_a_session() -> None:
-    context = _context()
+def test_the_approved_parameters_start_a_session(site: Path) -> None:
+    context = _context(site)
     reply = secagg_keys(_keys_message(_config(5)), context)
     keys = decode_public_keys(reply.content[rk.SECAGG_KEY], "test")
     assert set(keys) == {1} and set(keys[1]) == {"c", "s"}
@@ -75,12 +90,14 @@ def test_the_approved_parameters_start_a_session() -> None:
         ({"neighbours": 2, "threshold": 3}, "2 neighbours"),
     ],
 )
-def test_weakened_sessions_are_refused(changes: dict[str, object], problem: str) -> None:
+def test_weakened_sessions_are_refused(
+    site: Path, changes: dict[str, object], problem: str
+) -> None:
     with pytest.raises(SecAggError, match=problem):
-        secagg_keys(_keys_message(_config(5, **changes)), _context())
+        secagg_keys(_keys_message(_config(5, **changes)), _context(site))
 
 
-def test_auto_mode_refuses_a_session_below_min_sites() -> None:
+def test_auto_mode_refuses_a_session_below_min_sites(site: Path) -> None:
     auto = RunSettings(secure_aggregation=SecureAggregationSettings(mode="auto"))
     with pytest.raises(SecAggError, match="2 sites, the approved run needs at least 3"):
-        secagg_keys(_keys_message(_config(2)), _context(auto))
+        secagg_keys(_keys_message(_config(2)), _context(site, auto))
