@@ -31,6 +31,11 @@ from consortia.client.approval_mod import approval_mod
 from consortia.client.data.dataset import SiteDataset
 from consortia.client.dp_training import DPSpend, train_local_dp
 from consortia.client.error_mod import error_mod
+from consortia.client.evaluation_allowance import (
+    EvaluationAllowance,
+    EvaluationGrant,
+    EvaluationRefusedError,
+)
 from consortia.client.node_audit import node_audit_for
 from consortia.client.privacy_budget import (
     PrivacyRefusedError,
@@ -79,8 +84,9 @@ from consortia.common.records import (
     ERROR_SECAGG,
     ERROR_SITE_DATA,
 )
+from consortia.common.run_identity import config_hash
 from consortia.common.secagg_config import SecAggError
-from consortia.common.settings import Role, SiteSettings
+from consortia.common.settings import Role, SiteSettings, run_settings_from_json
 from consortia.common.weights import WeightLayout
 
 __all__ = ["LayoutMismatchError", "app"]
@@ -130,8 +136,18 @@ def _model(msg: Message, instruction: Instruction) -> tuple[torch.nn.Module, Wei
     return model, layout
 
 
+def _allowance(context: Context, site: SiteSettings) -> EvaluationAllowance:
+    """This site's evaluation record for the approved study the message belongs to."""
+    settings = run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS]))
+    return EvaluationAllowance(site.state_path, config_hash(settings))
+
+
 def _evaluate(
-    model: torch.nn.Module, data: SiteArrays, instruction: Instruction, device: torch.device
+    model: torch.nn.Module,
+    data: SiteArrays,
+    instruction: Instruction,
+    device: torch.device,
+    grant: EvaluationGrant,
 ) -> EvalResult:
     return evaluate_local(
         model,
@@ -141,7 +157,7 @@ def _evaluate(
         batch_size=instruction.batch_size,
         device=device,
         surface_distances=instruction.surface_metrics,
-        bootstrap=instruction.round > instruction.total_rounds,
+        bootstrap=instruction.round > instruction.total_rounds and grant.extras,
     )
 
 
@@ -164,7 +180,10 @@ def _guarded(handler_name: str, msg: Message, context: Context) -> Message:
         instruction = Instruction.from_config(get_config_record(msg.content, rk.CONFIG_KEY))
         if handler_name == "train":
             return _train(msg, context, site, instruction)
-        return _evaluate_handler(msg, site, instruction)
+        return _evaluate_handler(msg, context, site, instruction)
+    except EvaluationRefusedError as err:
+        logger.warning("evaluation refused: %s", err)
+        return _refuse(msg, ERROR_REFUSED, str(err))
     except ReleaseCacheError as err:
         logger.error("round refused: %s", err)
         return _refuse(msg, ERROR_REFUSED, str(err))
@@ -318,8 +337,15 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
         dp_round = None if kept else plan_round(site.privacy, ledger, request, len(train_data))
         eval_s = 0.0
         if instruction.evaluate_first:
+            grant = _allowance(context, site).grant(
+                instruction.round, instruction.total_rounds, start
+            )
             evaluated = _evaluate(
-                model, dataset.load(instruction.task, _eval_splits(site)), instruction, device
+                model,
+                dataset.load(instruction.task, _eval_splits(site)),
+                instruction,
+                device,
+                grant,
             )
             _eval_records(content, evaluated)
             eval_s = evaluated.compute_s
@@ -426,14 +452,20 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
     return Message(content, reply_to=msg)
 
 
-def _evaluate_handler(msg: Message, site: SiteSettings, instruction: Instruction) -> Message:
+def _evaluate_handler(
+    msg: Message, context: Context, site: SiteSettings, instruction: Instruction
+) -> Message:
+    weights = get_array(get_array_record(msg.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY)
+    grant = _allowance(context, site).grant(
+        instruction.round, instruction.total_rounds, model_sha256(weights)
+    )
     data = _dataset(site, instruction.dataset).load(instruction.task, _eval_splits(site))
     model, _ = _model(msg, instruction)
     device = select_device()
-    evaluated = _evaluate(model, data, instruction, device)
+    evaluated = _evaluate(model, data, instruction, device, grant)
     content = RecordDict()
     _eval_records(content, evaluated)
-    saliency = write_final_saliency(model, data, instruction, site, device)
+    saliency = write_final_saliency(model, data, instruction, site, device) if grant.extras else []
     if saliency and site.saliency.share:
         content[rk.SALIENCY_KEY] = saliency_record(saliency)
     content[rk.TRAIN_METRICS_KEY] = MetricRecord(
