@@ -299,3 +299,36 @@ def test_f16_the_error_mod_is_the_outermost_mod() -> None:
     from consortia.client.error_mod import error_mod  # new with the fix of F16
 
     assert app._mods[0] is error_mod
+
+
+# -- F4 -----------------------------------------------------------------------------------
+
+
+def _evaluate_message(north: Site, round_number: int, weights: Any) -> Message:
+    content = RecordDict(
+        {
+            rk.CONFIG_KEY: north.instruction(round_number, "run-a", local_epochs=0).to_config(),
+            rk.ARRAYS_KEY: ArrayRecord({rk.WEIGHTS_ARRAY: Array(weights)}),
+        }
+    )
+    return Message(content, dst_node_id=NODE, message_type="evaluate", group_id=str(round_number))
+
+
+def test_f4_evaluation_is_no_oracle_on_chosen_models(site: Path) -> None:
+    """A hostile server sends chosen weights under a used round number, and a round past
+    the final one: both refused through the real ClientApp; the final bootstrap once."""
+    north = Site(site, _settings())
+    first = north.send(_evaluate_message(north, 1, north.weights))
+    assert not first.has_error(), first.error.reason if first.has_error() else ""
+    again = north.send(_evaluate_message(north, 1, north.weights))  # a resend: answered
+    assert not again.has_error()
+    chosen = north.weights * 0.5
+    code, reason = _error(north.send(_evaluate_message(north, 1, chosen)))
+    assert code == rk.ERROR_REFUSED and "already evaluated on another model" in reason
+    code, reason = _error(north.send(_evaluate_message(north, 9, chosen)))
+    assert code == rk.ERROR_REFUSED and "has 2 rounds" in reason
+    final = north.send(_evaluate_message(north, 3, chosen))
+    assert rk.EVAL_BOOTSTRAP_KEY in final.content.metric_records
+    repeated = north.send(_evaluate_message(north, 3, chosen))
+    assert not repeated.has_error()
+    assert rk.EVAL_BOOTSTRAP_KEY not in repeated.content.metric_records  # no second draw
