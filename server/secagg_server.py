@@ -28,7 +28,13 @@ import numpy.typing as npt
 
 from consortia.common.secagg_config import SecAggConfig, SecAggError
 from consortia.common.secagg_crypto import combine_secret, public_key_bytes, public_key_from_bytes
-from consortia.common.secagg_math import add_mask, dequantise_sum, self_mask_key, subtract_mask
+from consortia.common.secagg_math import (
+    add_mask,
+    dequantise_sum,
+    quantisation_levels,
+    self_mask_key,
+    subtract_mask,
+)
 from consortia.common.secagg_roster import KeyAdvert
 
 __all__ = ["SecAggServer"]
@@ -372,6 +378,17 @@ class SecAggServer:
                 subtract_mask(total, key)
             else:
                 add_mask(total, key)
+        # Bounded influence (F5): each clipped value quantises to [0, Q], so the exact sum
+        # of m vectors lies in [0, m Q], i.e. [-m c, m c]. A site that skipped the clipping
+        # (or wrapped its values modulo 2^32) shows as a coordinate beyond it.
+        limit = len(active) * quantisation_levels(len(self._present))
+        outside = int(np.count_nonzero(total > limit))
+        if outside:
+            raise SecAggError(
+                f"secagg stage '{_UNMASK}': the unmasked sum of {len(active)} sites leaves "
+                f"[-{len(active)} c, {len(active)} c] (c = {cfg.clip_range}) at {outside} "
+                "coordinates: a site sent values outside the clip range; round refused"
+            )
         result = dequantise_sum(total, cfg.clip_range, len(self._present), len(active))
         self._total = np.zeros(0, dtype=np.uint32)
         self._ciphertexts = {}

@@ -441,3 +441,45 @@ def test_f12_no_session_may_name_more_than_the_protocol_maximum() -> None:
             vector_size=4,
         )
     assert time.perf_counter() - started < 1.0 and MAX_PARTICIPANTS < 50_000
+
+
+# -- F5 -----------------------------------------------------------------------------------
+
+
+def test_f5_values_beyond_the_clip_range_are_caught_in_the_sum() -> None:
+    """A malicious site adds 2^31 to its masked vector after masking (values that wrap
+    modulo 2^32, beyond what clipping allows). With one of four sites dropped, the
+    unmasked sum of the three must lie in [-3c, 3c]; it leaves it, and the server
+    refuses the round instead of using it. (With every site active the range
+    [-n c, n c] covers all of 2^32: such a shift wraps into a valid-looking sum.)"""
+    from consortia.server.secagg_server import SecAggServer
+
+    config = SecAggConfig(
+        session=3,
+        participants=(1, 2, 3, 4),
+        threshold=3,
+        neighbours=3,
+        clip_range=1.0,
+        vector_size=SIZE,
+    )
+    clients, keys = {}, {}
+    for node in config.participants:
+        clients[node], keys[node] = SecAggClient.start(config, node)
+    server = SecAggServer(config)
+    forwarded = server.receive_public_keys(keys)
+    for node, client in clients.items():
+        client.receive_keys(forwarded[node])
+    server.begin_round(1, [1, 2, 3, 4])
+    vectors = _vectors([1, 2, 3])
+    masked = {}
+    for node in (1, 2, 3):  # node 4 drops out
+        vec, shares, _ = clients[node].mask(1, [1, 2, 3, 4], vectors[node])
+        masked[node] = (vec, shares)
+    masked[1][0][:] += np.uint32(2**31)
+    server.receive_masked(masked)
+    answers = {
+        node: clients[node].unmask(1, [1, 2, 3], [4], server.unmask_request(node)[2])
+        for node in (1, 2, 3)
+    }
+    with pytest.raises(SecAggError, match=r"leaves \[-3 c, 3 c\] .* at \d+ coordinates"):
+        server.unmask(answers)
