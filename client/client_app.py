@@ -62,7 +62,13 @@ from consortia.client.secagg_handlers import (
 from consortia.client.signing_mod import signing_mod
 from consortia.client.site_context import site_settings
 from consortia.client.site_data import SiteArrays
-from consortia.client.trainer import EvalResult, TrainResult, evaluate_local, train_local
+from consortia.client.trainer import (
+    EvalResult,
+    RoundRecipe,
+    TrainResult,
+    evaluate_local,
+    train_local,
+)
 from consortia.common import records as rk
 from consortia.common.audit_log import PRIVACY_SPENT
 from consortia.common.device import select_device
@@ -311,10 +317,18 @@ def _open_secure_round(
     return opened
 
 
+def _recipe(context: Context, instruction: Instruction) -> RoundRecipe:
+    """This round's optimiser and rate, from the approved run settings (the approval mod
+    checked their hash and the instruction's base rate), never from a server-sent rate."""
+    settings = run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS]))
+    return RoundRecipe.for_round(settings.training, instruction.round, instruction.total_rounds)
+
+
 def _train(msg: Message, context: Context, site: SiteSettings, instruction: Instruction) -> Message:
     if site.site.role is not Role.TRAIN:
         return _refuse(msg, ERROR_REFUSED, f"site {site.site.name} is a held-out site")
     started = time.perf_counter()
+    recipe = _recipe(context, instruction)
     device = select_device()
     dataset = _dataset(site, instruction.dataset)
     train_data = dataset.load(instruction.task, ("train",))
@@ -372,6 +386,7 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
                 seed=_seed(instruction, site),
                 device=device,
                 proximal_mu=instruction.proximal_mu,
+                recipe=recipe,
             )
         else:
             result, spend = train_local_dp(
@@ -384,6 +399,7 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
                 device=device,
                 dp=dp_round,
                 proximal_mu=instruction.proximal_mu,
+                recipe=recipe,
             )
             entry = record_round(ledger, path, request, spend, result.num_examples)
             content[rk.PRIVACY_KEY] = _privacy_record(spend, entry.run_epsilon)

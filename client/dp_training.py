@@ -31,6 +31,7 @@ from consortia.client.dp_engine import make_private_step, resolve_mode
 from consortia.client.site_data import SiteArrays
 from consortia.client.trainer import (
     ProximalTerm,
+    RoundRecipe,
     TrainResult,
     loss_function,
     normalize_images,
@@ -87,8 +88,10 @@ def train_local_dp(
     device: torch.device,
     dp: DPRound,
     proximal_mu: float = 0.0,
+    recipe: RoundRecipe | None = None,
 ) -> tuple[TrainResult, DPSpend]:
-    """`epochs` epochs of DP-SGD (Adam on the privatized gradients) on the training split;
+    """`epochs` epochs of DP-SGD (`recipe` on the privatized gradients, default
+    Adam at `learning_rate`; the rate schedule touches no privacy accounting) on the training split;
     `model` holds the trained weights afterwards (a plain module: same state_dict keys,
     no hooks). With `proximal_mu` > 0, FedProx's term around the entry weights adds its
     gradient after clipping and noise (`ProximalTerm`): same privacy spend."""
@@ -97,7 +100,8 @@ def train_local_dp(
     resolve_mode(model, dp.grad_sample_mode)  # an unknown mode fails before any work
     torch.manual_seed(secrets.randbits(63))  # Poisson sampling and noise: unpredictable
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    plan = recipe or RoundRecipe.constant(learning_rate)
+    optimizer = plan.build(model)
     # A step pre-hook of the wrapped optimizer: it runs after Opacus' DPOptimizer has
     # clipped, noised and averaged the data gradient (DPOptimizer.step -> pre_step ->
     # original_optimizer.step), for every engine and for empty Poisson batches alike.
@@ -125,16 +129,22 @@ def train_local_dp(
         autocast=lambda: autocast(device),
     )
     sample_rate = 1.0 / len(loader)
+    expected_steps = epochs * len(loader)  # Poisson batches: len(loader) steps an epoch
+    augment = plan.augmenter(secrets.randbits(63))
     start = time.perf_counter()
-    total_loss, batches = 0.0, 0
+    total_loss, batches, taken = 0.0, 0, 0
     try:
         for _ in range(epochs):
             for images, targets in step.loader:
-                images, targets = images.to(device), targets.to(device)
+                plan.set_rate(optimizer, taken, expected_steps)
+                taken += 1
                 if len(images):  # an empty Poisson batch still takes its (noise) step
                     images = normalize_images(images)
                 if task is Task.SEGMENTATION:
                     targets = targets.unsqueeze(1)
+                # Per example, after sampling: no effect on the accounting.
+                images, targets = augment(images, targets)
+                images, targets = images.to(device), targets.to(device)
                 loss = step(images, targets)
                 if loss is not None:
                     total_loss += loss

@@ -21,18 +21,21 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.hooks import RemovableHandle
 
+from consortia.client.augment import BatchAugmenter
 from consortia.client.site_data import SiteArrays
 from consortia.common.bootstrap import segmentation_replicates
 from consortia.common.device import autocast
+from consortia.common.lr_schedule import Schedule
 from consortia.common.metrics import (
     ClassificationMetricAccumulator,
     SegmentationMetricAccumulator,
 )
-from consortia.common.settings import Task
+from consortia.common.settings import Task, TrainingSettings
 
 __all__ = [
     "EvalResult",
     "ProximalTerm",
+    "RoundRecipe",
     "TrainResult",
     "evaluate_local",
     "loss_function",
@@ -128,6 +131,79 @@ class ProximalTerm:
         return optimizer.register_step_pre_hook(lambda *_: self.add_gradient())
 
 
+@dataclass(frozen=True)
+class RoundRecipe:
+    """A round's local optimiser: the approved run's optimiser and learning-rate schedule
+    at this round. Each step's rate continues the run's schedule (`Schedule`), so the
+    rate anneals over the whole run although every round starts a fresh optimiser."""
+
+    schedule: Schedule
+    round: int = 1
+    name: str = "adam"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    augment: bool = False
+    flip_axes: tuple[int, ...] = ()
+
+    @classmethod
+    def constant(cls, learning_rate: float) -> RoundRecipe:
+        """Adam at a constant rate (the behaviour before schedules)."""
+        return cls(Schedule(learning_rate))
+
+    @classmethod
+    def for_round(
+        cls, training: TrainingSettings, round_number: int, total_rounds: int
+    ) -> RoundRecipe:
+        """The optimiser the approved `training` settings give round `round_number`."""
+        schedule = Schedule(
+            training.learning_rate,
+            training.schedule,
+            total_rounds=total_rounds,
+            warmup_rounds=min(training.warmup_rounds, total_rounds),
+        )
+        return cls(
+            schedule,
+            round=round_number,
+            name=training.optimizer,
+            momentum=training.momentum,
+            nesterov=training.nesterov,
+            weight_decay=training.weight_decay,
+            augment=training.augment,
+            flip_axes=tuple(training.flip_axes),
+        )
+
+    def augmenter(self, seed: int) -> BatchAugmenter:
+        """The round's random augmentation (inactive when the recipe asks for none)."""
+        return BatchAugmenter(intensity=self.augment, flip_axes=self.flip_axes, seed=seed)
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        """A fresh optimiser over `model`'s parameters at the round's first rate."""
+        rate = self.schedule.rate(self.round)
+        parameters = model.parameters()
+        if self.name == "sgd":
+            return torch.optim.SGD(
+                parameters,
+                lr=rate,
+                momentum=self.momentum,
+                nesterov=self.nesterov and self.momentum > 0,
+                weight_decay=self.weight_decay,
+            )
+        if self.name == "adamw":
+            return torch.optim.AdamW(parameters, lr=rate, weight_decay=self.weight_decay)
+        if self.name == "adam":
+            return torch.optim.Adam(parameters, lr=rate, weight_decay=self.weight_decay)
+        raise ValueError(f"unknown optimizer {self.name!r}")
+
+    def set_rate(self, optimizer: torch.optim.Optimizer, step: int, steps: int) -> float:
+        """Set the rate of local step `step` of `steps` (for a DP optimiser, pass the
+        optimiser it wraps: they share parameter groups)."""
+        rate = self.schedule.rate(self.round, step, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        return rate
+
+
 def _loader(data: SiteArrays, batch_size: int, shuffle: bool, seed: int) -> DataLoader[tuple]:
     dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(data.targets))
     generator = torch.Generator().manual_seed(seed)
@@ -145,26 +221,33 @@ def train_local(
     seed: int,
     device: torch.device,
     proximal_mu: float = 0.0,
+    recipe: RoundRecipe | None = None,
 ) -> TrainResult:
-    """Run `epochs` local epochs of Adam on the site's training split; with `proximal_mu`
-    > 0 the objective adds FedProx's term around the weights `model` holds on entry
-    (`ProximalTerm`). `mean_loss` is the task loss alone."""
+    """Run `epochs` local epochs on the site's training split with `recipe` (the
+    run's optimiser and schedule at this round; default Adam at `learning_rate`); with
+    `proximal_mu` > 0 the objective adds FedProx's term around the weights `model` holds
+    on entry (`ProximalTerm`). `mean_loss` is the task loss alone."""
     if len(data) == 0:
         raise ValueError("the training split is empty")
     torch.manual_seed(seed)
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    plan = recipe or RoundRecipe.constant(learning_rate)
+    optimizer = plan.build(model)
     ProximalTerm(model, proximal_mu).attach(optimizer)  # on the weights of the round start
     loss_fn = loss_function(task)
     loader = _loader(data, batch_size, shuffle=True, seed=seed)
+    steps = epochs * len(loader)
+    augment = plan.augmenter(seed)
     start = time.perf_counter()
     total_loss, batches = 0.0, 0
     for _ in range(epochs):
         for images, targets in loader:
-            images = normalize_images(images.to(device))
-            targets = targets.to(device)
+            images = normalize_images(images)
             if task is Task.SEGMENTATION:
                 targets = targets.unsqueeze(1)
+            images, targets = augment(images, targets)
+            images, targets = images.to(device), targets.to(device)
+            plan.set_rate(optimizer, batches, steps)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 loss = loss_fn(model(images), targets)

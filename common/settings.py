@@ -6,13 +6,14 @@ wrong types and missing files are errors that name the file and the field.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -99,11 +100,33 @@ class ModelConfig(_Strict):
 
 
 class TrainingSettings(_Strict):
-    """The `[training]` table: what each site does with a train message."""
+    """The `[training]` table: what each site does with a train message.
+
+    `learning_rate` is the base rate of `schedule`, which runs over the whole run (every
+    round's local steps continue it; `consortia.common.lr_schedule`). Each site derives a
+    step's rate from these approved settings and the round number."""
 
     local_epochs: Annotated[int, Field(ge=1, le=1000)] = 1
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    schedule: Literal["constant", "poly", "cosine"] = "constant"
+    # Rounds over which the rate rises linearly to the schedule's value (0: none).
+    warmup_rounds: Annotated[int, Field(ge=0, le=10_000)] = 0
+    # SGD only: heavy-ball momentum (Nesterov's by default, as nnU-Net).
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    nesterov: bool = True
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    # Random intensity augmentation of every training example (gamma, scale, shift,
+    # noise, blur: consortia.client.augment); mirroring along `flip_axes` (spatial axes).
+    augment: bool = False
+    flip_axes: tuple[Annotated[int, Field(ge=0, le=2)], ...] = ()
+
+    @model_validator(mode="after")
+    def _sgd_options(self) -> TrainingSettings:
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise ValueError("nesterov = true needs momentum > 0 (set nesterov = false)")
+        return self
 
 
 class ReportSettings(_Strict):
@@ -188,6 +211,17 @@ class RunSettings(_Strict):
                 f'strategy "{self.strategy.name}" cannot combine with central_privacy: its '
                 "guarantee is for the noised mean of clipped updates (use fedavg, fedprox, "
                 "fedadam or fedyogi)"
+            )
+        bad_axes = [a for a in self.training.flip_axes if a >= self.model.spatial_dims]
+        if bad_axes:
+            raise ValueError(
+                f"training.flip_axes {bad_axes}: a {self.model.spatial_dims}D model has spatial "
+                f"axes 0..{self.model.spatial_dims - 1}"
+            )
+        if self.training.warmup_rounds > self.rounds:
+            raise ValueError(
+                f"training.warmup_rounds ({self.training.warmup_rounds}) must not exceed "
+                f"rounds ({self.rounds})"
             )
         return self
 
@@ -322,13 +356,44 @@ class SiteSettings(_Strict):
         return self.state_path / "privacy"
 
 
-def format_validation_error(source: str, error: ValidationError) -> str:
+def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The settings model that holds the key at `loc` (its last part), if any."""
+    current: type[BaseModel] = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an item of a list of tables: same model as the list's items
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        candidates = [field.annotation, *get_args(field.annotation)]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        current = nested[0]
+    return current
+
+
+def _did_you_mean(model: type[BaseModel] | None, loc: Sequence[int | str]) -> str:
+    if model is None or not loc or not isinstance(loc[-1], str):
+        return ""
+    holder = _model_at(model, loc)
+    if holder is None:
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(holder.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def format_validation_error(
+    source: str, error: ValidationError, model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem, naming the file and the field; an unknown key that is close
+    to a known one of `model` gets a "did you mean"."""
     lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         problem = item["msg"]
         if item["type"] == "extra_forbidden":
-            problem = "unknown key"
+            problem = "unknown key" + _did_you_mean(model, item["loc"])
         elif item["type"] == "missing":
             problem = "required key is missing"
         elif item["type"] == "value_error":
@@ -351,7 +416,7 @@ def _validate(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(source, err)) from None
+        raise ConfigError(format_validation_error(source, err, model)) from None
     except ValueError as err:  # raised by the model factory's own checks
         raise ConfigError(f"{source}: model: {err}") from None
 
