@@ -107,6 +107,25 @@ def test_resize_mode_uses_nearest_neighbour_for_labels(tmp_path: Path) -> None:
     assert int((data.targets > 0).sum()) == 2 * 4 * 6 * 12  # exactly doubled per axis
 
 
+def test_a_crop_that_would_cut_labels_fails_the_check_and_names_the_setting(
+    tmp_path: Path,
+) -> None:
+    _nifti_set(tmp_path, 2)  # labels fill [2:4, 3:6, 4:10] of (6, 9, 14)
+    fits = SiteDataset.open(_write(tmp_path, NIFTI_BODY, size="[4, 6, 6]"))
+    assert fits.check().summary.failed == 0  # the centred crop keeps every labelled voxel
+    data = fits.load(Task.SEGMENTATION, ("train", "test"))
+    assert int((data.targets > 0).sum()) == 2 * 2 * 3 * 6
+    cut = SiteDataset.open(_write(tmp_path, NIFTI_BODY, size="[4, 6, 4]"))
+    report = cut.check()
+    assert report.summary.failed == 2 and not report.usable
+    for result in report.cases:
+        assert result.problem is not None
+        assert "would cut labelled voxels" in result.problem
+        assert "enlarge preprocess.spatial_size" in result.problem
+    with pytest.raises(DataError, match="no usable case"):
+        cut.load(Task.SEGMENTATION, ("train", "test"))
+
+
 def test_only_passing_cases_are_loaded(tmp_path: Path) -> None:
     _nifti_set(tmp_path, 4)
     _nifti(tmp_path / "labels" / "case1.nii.gz", np.zeros((6, 9, 13), np.uint8))  # bad shape

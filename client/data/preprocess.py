@@ -84,11 +84,37 @@ def prepare_image(array: np.ndarray, settings: PreprocessSettings, where: str) -
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def _label_counts(label: np.ndarray) -> dict[int, int]:
+    values, counts = np.unique(np.rint(label).astype(np.int64), return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True) if v != 0}
+
+
 def prepare_label(label: np.ndarray, settings: PreprocessSettings, where: str) -> np.ndarray:
     """A mask aligned to the image as read, (*spatial) int64 at `settings.spatial_size`;
-    the same pad/crop as the image, or a nearest-neighbour resize."""
+    the same pad/crop as the image, or a nearest-neighbour resize.
+
+    Labels are never lost silently: a crop that would cut labelled voxels, or a resize
+    that would make a label vanish, is a `CaseProblem` (so `consortia data check` refuses
+    the case and names the setting to change)."""
     size = settings.spatial_size
     label = _match_dims(label, len(size), where, channels_first=False)
     if tuple(label.shape) != size:
+        before, shape = _label_counts(label), list(label.shape)
         label = _resize(label[None], size, settings.resize, pad_value=0, mode="nearest")[0]
+        after = _label_counts(label)
+        if settings.resize == "pad-crop" and after != before:
+            cut = {k: before[k] - after.get(k, 0) for k in before if after.get(k, 0) != before[k]}
+            raise CaseProblem(
+                where,
+                f"the centred crop to preprocess.spatial_size {list(size)} would cut labelled "
+                f"voxels of an image of size {shape} (label: voxels cut {cut}); enlarge "
+                "preprocess.spatial_size",
+            )
+        lost = sorted(set(before) - set(after))
+        if lost:
+            raise CaseProblem(
+                where,
+                f"resizing to preprocess.spatial_size {list(size)} would remove label(s) "
+                f"{lost} entirely; enlarge preprocess.spatial_size",
+            )
     return np.ascontiguousarray(np.rint(label), dtype=np.int64)
