@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
 
 import typer
 
@@ -18,6 +18,12 @@ from consortia.common.logs import setup_logging
 __all__ = ["build_app", "main"]
 
 ENTRY_POINT_GROUP = "consortia.cli"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"consortia {version('consortia')}")
+        raise typer.Exit()
 
 
 def build_app() -> typer.Typer:
@@ -33,6 +39,13 @@ def build_app() -> typer.Typer:
     @app.callback()
     def _root(
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+        version: bool = typer.Option(
+            False,
+            "--version",
+            help="Print the installed Consortia release and exit.",
+            is_eager=True,
+            callback=_print_version,
+        ),
     ) -> None:
         setup_logging(logging.DEBUG if verbose else logging.INFO)
 
@@ -52,7 +65,8 @@ def main() -> None:
         if isinstance(code, int) and code != 0:
             sys.exit(code)
     except ConsortiaError as err:
-        logging.getLogger("consortia").error("%s", err)
+        # A user error: one plain message (no log prefix), the same for every command.
+        typer.echo(f"error: {err}", err=True)
         sys.exit(2)
     except typer.Abort:
         sys.exit(130)
