@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
@@ -14,12 +17,15 @@ from consortia.client.data_cli import data_app
 from consortia.client.node_audit import node_audit_for
 from consortia.client.privacy_cli import privacy_app
 from consortia.common.audit_log import NODE_STARTED
+from consortia.common.device_names import DEVICE_ENV, DEVICE_PATTERN
 from consortia.common.processes import stop_on_sigterm
 from consortia.common.run_identity import app_hash
 from consortia.common.settings import load_site_settings
 from consortia.common.site_keys import load_site_private_key
 
 __all__ = ["register"]
+
+logger = logging.getLogger("consortia.client")
 
 node_app = typer.Typer(help="Run a hospital's node beside its data.", no_args_is_help=True)
 
@@ -32,6 +38,12 @@ def node_start(
         typer.Option(help="Local port of the SuperNode's Runtime API (overrides \\[node])."),
     ] = None,
     num_threads: Annotated[int | None, typer.Option(help="Torch threads per task.")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="auto, cpu, cuda, cuda:N or mps (overrides \\[node] device).",
+        ),
+    ] = None,
 ) -> None:
     """Start this site's Flower SuperNode and executor; runs until Ctrl-C."""
     # Here, not at the top: the data readers and the node's executor load torch and MONAI,
@@ -49,7 +61,15 @@ def node_start(
     for data in (site.data, *site.datasets.values()):
         # A broken manifest stops the node here, not at the first round.
         SiteDataset.open(data.path, cache_dir=site.cache_dir)
-    node_audit_for(site).append(NODE_STARTED, version=version("consortia"), app_hash=app_hash())
+    if device is not None:
+        if not re.fullmatch(DEVICE_PATTERN, device):
+            raise typer.BadParameter("auto, cpu, cuda, cuda:N or mps", param_hint="--device")
+        os.environ[DEVICE_ENV] = device  # the SuperNode's executor and tasks inherit it
+    chosen = device or site.node.device
+    logger.info("site %s trains on device %s", site.site.name, chosen)
+    node_audit_for(site).append(
+        NODE_STARTED, version=version("consortia"), app_hash=app_hash(), device=chosen
+    )
     stop_on_sigterm()
     try:
         run_node(site, site_config, runtime_port=runtime_port, num_threads=num_threads)

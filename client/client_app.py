@@ -39,6 +39,7 @@ from consortia.client.evaluation_allowance import (
 from consortia.client.node_audit import node_audit_for
 from consortia.client.privacy_budget import (
     PrivacyRefusedError,
+    open_ledger,
     plan_round,
     record_round,
     round_request,
@@ -329,7 +330,7 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
         return _refuse(msg, ERROR_REFUSED, f"site {site.site.name} is a held-out site")
     started = time.perf_counter()
     recipe = _recipe(context, instruction)
-    device = select_device()
+    device = select_device(site.node.device)
     dataset = _dataset(site, instruction.dataset)
     train_data = dataset.load(instruction.task, ("train",))
     model, layout = _model(msg, instruction)
@@ -344,7 +345,8 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
     # The lock spans plan, training and the ledger write: two runs on this data set at
     # once cannot both spend the same remaining budget.
     with ledger_lock(path):
-        ledger = PrivacyLedger.open(path, fingerprint, site.site.name)
+        # cross-checked against the node's audit log: a deleted or cut ledger is refused
+        ledger = open_ledger(path, fingerprint, site)
         # A round already in the ledger (the server crashed and resumed) is answered with
         # the update released then: no second training, no second ledger entry.
         kept = kept_release(releases, ledger, request.run_id, request.round, start)
@@ -477,7 +479,7 @@ def _evaluate_handler(
     )
     data = _dataset(site, instruction.dataset).load(instruction.task, _eval_splits(site))
     model, _ = _model(msg, instruction)
-    device = select_device()
+    device = select_device(site.node.device)
     evaluated = _evaluate(model, data, instruction, device, grant)
     content = RecordDict()
     _eval_records(content, evaluated)

@@ -13,6 +13,7 @@ from consortia.client.node_audit import node_audit_for
 from consortia.client.site_context import site_settings
 from consortia.common import records as rk
 from consortia.common.audit_log import EVALUATION_SENT, UPDATE_SENT
+from consortia.common.device import select_device
 from consortia.common.record_digest import record_digest
 from consortia.common.record_fields import message_round
 from consortia.common.signing import SignedFields, sign
@@ -67,5 +68,6 @@ def signing_mod(msg: Message, context: Context, call_next: Handler) -> Message:
             flower_run=msg.metadata.run_id,
             round=fields.round,
             sha256=fields.digest,
+            device=str(select_device(site.node.device)),
         )
     return reply

@@ -4,24 +4,39 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 
 import torch
 
+from consortia.common.device_names import DEVICE_ENV, DEVICE_PATTERN
+from consortia.common.errors import ConfigError
+
 __all__ = ["DEVICE_ENV", "autocast", "select_device"]
 
-DEVICE_ENV = "CONSORTIA_DEVICE"
 
-
-def select_device() -> torch.device:
-    """CUDA when present, else CPU; `CONSORTIA_DEVICE=cpu|cuda|cuda:N` overrides."""
-    requested = os.environ.get(DEVICE_ENV, "").strip()
-    if requested:
-        device = torch.device(requested)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"{DEVICE_ENV}={requested} but CUDA is not available")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def select_device(configured: str = "auto") -> torch.device:
+    """The device to compute on: `CONSORTIA_DEVICE` (set by `consortia node start
+    --device`) if given, else `configured` (the site's `[node] device`); "auto" is CUDA
+    when present, else CPU. A device that is not there is a `ConfigError` naming it."""
+    override = os.environ.get(DEVICE_ENV, "").strip()
+    requested = override or configured
+    source = f"{DEVICE_ENV}={override}" if override else f"node.device = {configured!r}"
+    if not re.fullmatch(DEVICE_PATTERN, requested):
+        raise ConfigError(f"{source}: not a device (auto, cpu, cuda, cuda:N or mps)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{source}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{source}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{source}: Apple MPS is not available on this machine")
+    return device
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from consortia.common.device_names import DEVICE_PATTERN
 from consortia.common.errors import ConfigError
 from consortia.common.model_settings import ModelSettings
 from consortia.common.privacy_settings import (
@@ -283,6 +284,9 @@ class NodeSettings(_Strict):
     # "warm": our long-lived executor forks a pre-imported process per task (fast);
     # "subprocess": Flower's stock isolation, a fresh `flwr-clientapp` per message.
     executor: Literal["warm", "subprocess"] = "warm"
+    # Where this site trains and evaluates: "auto" (CUDA when present, else CPU), "cpu",
+    # "cuda", "cuda:N" or "mps"; `consortia node start --device` overrides it.
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"
 
     def check_connection_files(self, source: str) -> None:
         """Raise unless TLS and site authentication are configured (checked when the

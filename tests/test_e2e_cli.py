@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from consortia.common.audit_check import read_audit_log
 from consortia.common.demo_data import DemoDataSettings, write_site_npz
 from consortia.server.report_data import build_report
 from tests.cli_federation import CLI, CliFederation
@@ -31,6 +32,8 @@ def test_server_nodes_and_run_commands(tmp_path: Path, federation: CliFederation
         )
         # the held-out site shares two saliency maps of the final model
         extra = "[saliency]\nimages = 2\nshare = true\n" if role == "holdout" else ""
+        if name == "north":
+            extra = 'device = "cpu"\n'  # [node] device reaches training (issue 20)
         configs.append(federation.site_config(folder, name, role, "data.npz", extra))
     federation.start_nodes(configs)
     results = federation.run(
@@ -64,6 +67,11 @@ def test_server_nodes_and_run_commands(tmp_path: Path, federation: CliFederation
     assert [p.name for p in shared] == [p.name for p in kept] == ["case-00.png", "case-01.png"]
     assert [p.read_bytes() for p in shared] == [p.read_bytes() for p in kept]
     assert len(build_report(results["dir"])["saliency"]) == 2
+    # the device: logged when the node started and in every round's audit record
+    north_log = read_audit_log(tmp_path / "north" / "state" / "audit.jsonl")
+    assert [r["device"] for r in north_log if r["event"] == "node_started"] == ["cpu"]
+    sent = [r for r in north_log if r["event"] in ("update_sent", "evaluation_sent")]
+    assert sent and all(r["device"] == "cpu" for r in sent)
     # the nodes kept their Flower state and logs where the site config said
     assert (tmp_path / "north" / "state" / "logs" / "supernode.log").is_file()
 
