@@ -11,6 +11,12 @@ on the run id the server chooses. Every round trained under that config, in any 
 counts against the epsilon the config was approved at: `target_epsilon`, or with a fixed
 noise multiplier the epsilon of `rounds` rounds at it. A round number outside
 1..`rounds` is refused, with or without DP.
+
+`open_ledger` cross-checks the ledger against the node's own hash-chained audit log,
+which records every DP round (`privacy_spent`, with the data set's fingerprint and
+epsilon): a ledger that is missing, has fewer entries, or a lower epsilon than the log
+records was deleted, truncated or replaced, and the node refuses to train on the data set
+(`LedgerError`, naming the ledger and the problem) instead of starting afresh.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from consortia.client.dp_training import DPRound, DPSpend
+from consortia.client.node_audit import recorded_spending
 from consortia.common import records as rk
+from consortia.common.audit_log import AUDIT_LOG_FILE, AuditLogError
 from consortia.common.errors import ConfigError, ConsortiaError
 from consortia.common.instructions import Instruction
 from consortia.common.logs import utc_now
@@ -29,12 +37,21 @@ from consortia.common.privacy_ledger import LedgerEntry, LedgerError, PrivacyLed
 from consortia.common.privacy_planner import learning_refusal
 from consortia.common.privacy_settings import PrivacyPolicy, SamplePrivacySettings
 from consortia.common.run_identity import config_hash
-from consortia.common.settings import run_settings_from_json
+from consortia.common.settings import SiteSettings, run_settings_from_json
 
-__all__ = ["PrivacyRefusedError", "RoundRequest", "plan_round", "record_round", "round_request"]
+__all__ = [
+    "PrivacyRefusedError",
+    "RoundRequest",
+    "open_ledger",
+    "plan_round",
+    "record_round",
+    "round_request",
+]
 
 # Opacus' noise search stops within 1% of the target epsilon.
 _TARGET_TOLERANCE = 1.01
+# The ledger and the audit log store the same float; this only absorbs rounding.
+_EPSILON_SLACK = 1e-9
 
 
 class PrivacyRefusedError(ConsortiaError):
@@ -71,6 +88,48 @@ def round_request(instruction: Instruction, run_config: Mapping[str, object]) ->
         batch_size=instruction.batch_size,
         privacy=instruction.privacy,
     )
+
+
+def open_ledger(path: Path, dataset_fingerprint: str, site: SiteSettings) -> PrivacyLedger:
+    """The data set's ledger (empty if it never trained), cross-checked against the node's
+    audit log. Raises `LedgerError` naming the ledger when the log records DP rounds on
+    this data set that the ledger lacks: the file missing, fewer entries than
+    `privacy_spent` records, or a lower epsilon than the last of them. The ledger is
+    written before its audit record, so a crash leaves the ledger ahead, never behind."""
+    audit = site.state_path / AUDIT_LOG_FILE
+    try:
+        recorded = recorded_spending(site, dataset_fingerprint)
+    except AuditLogError as err:
+        raise LedgerError(
+            f"{path}: cannot cross-check the ledger against the node's audit log: {err}"
+        ) from None
+    if recorded.rounds == 0:
+        return PrivacyLedger.open(path, dataset_fingerprint, site.site.name)
+    what = (
+        f"the node's audit log {audit} records {recorded.rounds} DP round"
+        f"{'s' if recorded.rounds != 1 else ''} on this data set, the last (record "
+        f"{recorded.last_seq}) at epsilon {recorded.epsilon:.6g}"
+    )
+    advice = (
+        "restore the ledger from a backup; the node trains no more on this data set until "
+        "its ledger holds every recorded round"
+    )
+    if not path.exists():
+        raise LedgerError(f"{path}: the ledger is missing (deleted or moved) but {what}; {advice}")
+    ledger = PrivacyLedger.load(path, dataset_fingerprint=dataset_fingerprint)
+    entries = ledger.entries
+    if len(entries) < recorded.rounds:
+        raise LedgerError(
+            f"{path}: the ledger has {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} "
+            f"but {what}: it was truncated or replaced; {advice}"
+        )
+    epsilon = entries[-1].epsilon
+    if epsilon < recorded.epsilon - _EPSILON_SLACK * max(1.0, recorded.epsilon):
+        raise LedgerError(
+            f"{path}: the ledger's epsilon {epsilon:.6g} is lower than recorded: {what}; "
+            f"it was rewritten; {advice}"
+        )
+    return ledger
 
 
 def plan_round(
