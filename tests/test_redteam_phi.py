@@ -130,3 +130,20 @@ def test_f15_overlay_data_is_a_finding_in_a_marked_copy(tmp_path: Path) -> None:
     ds.add_new(0x60000102, "US", 0)
     findings = guard_file(_write(ds, tmp_path / "overlay_data.dcm"))
     assert {(f.tag, f.keyword) for f in findings} == {("(6000,3000)", "OverlayData")}
+
+
+def test_f15_signed_pixels_may_only_sign_extend_above_high_bit(tmp_path: Path) -> None:
+    ds = _marked_ct()  # signed 16 bits
+    pixels = np.clip(ds.pixel_array.astype(np.int32), -2048, 2047).astype(np.int16)
+    ds.BitsStored, ds.HighBit = 12, 11
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            del ds[keyword]
+    ds.PixelData = pixels.tobytes()  # negative values sign-extended: allowed
+    assert guard_file(_write(ds, tmp_path / "signed.dcm")) == []
+    raw = pixels.view(np.uint16).copy()
+    box = raw[10:20, 5:60]
+    box[(box & 0x0800) == 0] |= np.uint16(0xF000)  # all high bits on positive pixels
+    ds.PixelData = raw.tobytes()
+    findings = guard_file(_write(ds, tmp_path / "signed_hidden.dcm"))
+    assert [(f.tag, f.action) for f in findings] == [("(7FE0,0010)", "C")]

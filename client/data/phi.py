@@ -151,7 +151,7 @@ def _pixel_chunks(ds: Dataset) -> Iterator[bytes]:
 def _bits_above_high_bit(ds: Dataset) -> bool:
     """Whether an uncompressed image has pixels with bits set above HighBit (an overlay
     or anything else hidden where no pixel value is; for signed pixels a sign extension
-    is allowed). Encapsulated (compressed) pixel data is not decoded here."""
+    of a negative value is allowed). Encapsulated (compressed) pixel data is not decoded here."""
     if _PIXEL_DATA not in ds:
         return False
     allocated = _number(ds, 0x00280100)
@@ -176,8 +176,10 @@ def _bits_above_high_bit(ds: Dataset) -> bool:
         carry = data[usable:]
         top = np.frombuffer(data[:usable], dtype=dtype) & dtype.type(high)
         bad = top != 0
-        if signed:
-            bad &= top != dtype.type(high)
+        if signed:  # a sign extension: all of them set, and only on a negative value
+            values = np.frombuffer(data[:usable], dtype=dtype)
+            negative = (values >> dtype.type(high_bit)) & dtype.type(1) == 1
+            bad &= ~((top == dtype.type(high)) & negative)
         if bool(np.any(bad)):
             return True
     return False
