@@ -60,6 +60,7 @@ class SiteRoster:
         self.privacy = privacy
         self.sites: dict[int, Site] = {}
         self.refused_nodes: set[int] = set()  # asked once, left out: not asked again
+        self.refusals: dict[int, str] = {}  # why each of them was left out
 
     def wait_for_nodes(self) -> list[int]:
         """Node ids once `min_sites` nodes are connected; error after `connect_timeout_s`."""
@@ -101,28 +102,22 @@ class SiteRoster:
         for answer in answers:
             site = answer.site
             if site is None or answer.privacy is None:
-                self.refused_nodes.add(answer.node_id)
-                self.folder.event(SITE_REFUSED, node_id=answer.node_id, reason=answer.refusal)
+                self.leave_out(answer.node_id, answer.refusal or "no usable answer")
                 continue
             outside = admitted_by_roster(self.settings, site.name, site.role)
             if outside is not None:
-                self.refused_nodes.add(answer.node_id)
-                self.folder.event(SITE_REFUSED, node_id=answer.node_id, reason=outside)
-                logger.warning("node %d left out: %s", answer.node_id, outside)
+                self.leave_out(answer.node_id, outside)
                 continue
             if site.name in known and round_number == 0:
-                reason = f"duplicate site name {site.name}"
-                self.refused_nodes.add(answer.node_id)
-                self.folder.event(SITE_REFUSED, node_id=answer.node_id, reason=reason)
-                logger.warning("node %d left out: %s", answer.node_id, reason)
+                self.leave_out(answer.node_id, f"duplicate site name {site.name}")
                 continue
             if site.name in known and known[site.name] != answer.node_id:
                 previous = self.sites[known[site.name]]
                 if previous.data_fingerprint != site.data_fingerprint or previous.role != site.role:
-                    reason = "rejoins with other data or another role than it joined with"
-                    self.refused_nodes.add(answer.node_id)
-                    self.folder.event(SITE_REFUSED, node_id=answer.node_id, reason=reason)
-                    logger.warning("node %d (%s) left out: %s", answer.node_id, site.name, reason)
+                    self.leave_out(
+                        answer.node_id,
+                        f"{site.name} rejoins with other data or another role than it joined with",
+                    )
                     continue
                 del self.sites[known[site.name]]
                 self.register(site)
@@ -153,6 +148,21 @@ class SiteRoster:
         self.folder.results["privacy"] = self.privacy.section()
         self.folder.save()
 
+    def leave_out(self, node_id: int, reason: str) -> None:
+        """A node that answered but does not take part: recorded, never asked again."""
+        self.refused_nodes.add(node_id)
+        self.refusals[node_id] = reason
+        self.folder.event(SITE_REFUSED, node_id=node_id, reason=reason)
+        logger.warning("node %d left out: %s", node_id, reason)
+
+    def _who(self, node_id: int) -> str:
+        """A node as the coordinator knows it: its registered site name, if any."""
+        registry = self.channel.verifier.registry
+        names = (
+            [s.name for s in registry.sites() if s.flower_node_id == node_id] if registry else []
+        )
+        return f"{names[0]} (node {node_id})" if names else f"node {node_id}"
+
     def register(self, site: Site) -> None:
         self.sites[site.node_id] = site
         self.channel.names[site.node_id] = site.name
@@ -162,7 +172,11 @@ class SiteRoster:
         node_ids = self.wait_for_nodes()
         self.admit(self.ask(node_ids, self.settings.connect_timeout_s, "discover"))
         if not any(site.role is Role.TRAIN for site in self.sites.values()):
-            raise NoTrainingSiteError("no training site answered; nothing to train")
+            why = "; ".join(f"{self._who(n)}: {r}" for n, r in sorted(self.refusals.items()))
+            raise NoTrainingSiteError(
+                "no training site answered; nothing to train"
+                + (f". Sites that answered and why they did not take part: {why}" if why else "")
+            )
         return list(self.sites.values())
 
     def online(self, round_number: int) -> set[int]:

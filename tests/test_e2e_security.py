@@ -129,7 +129,10 @@ def test_unapproved_site_is_left_out_and_unlisted_site_never_asked(
     refusing = _site(tmp_path, federation, "c", 2)
     unlisted = _site(tmp_path, federation, "d", 3)
     federation.start_nodes([*approving, refusing, unlisted])
-    config = RUN.replace("min_sites = 2", "min_sites = 3") + _roster([*approving, refusing])
+    # With three roster trainers secure aggregation would be mandatory at every site, and
+    # two sites alone cannot hold a session: this test is about who is asked, so plain.
+    plain = '[run.secure_aggregation]\nmode = "off"\n'
+    config = RUN.replace("min_sites = 2", "min_sites = 3") + plain + _roster([*approving, refusing])
     results = federation.run("unapproved", config, approved_by=[*approving, unlisted])
     assert results["status"] == "completed"
     assert sorted(site["name"] for site in results["sites"]) == ["a", "b"]
@@ -145,6 +148,31 @@ def test_unapproved_site_is_left_out_and_unlisted_site_never_asked(
     unlisted_log = (tmp_path / "d" / "state" / "audit.jsonl").read_text()
     assert '"run_approved"' not in unlisted_log and '"run_refused"' not in unlisted_log
     assert '"node_started"' in unlisted_log
+    # A study no site approved: the coordinator is told each site's reason (issue 20).
+    config = tmp_path / "nobody.toml"
+    config.write_text(RUN.replace('name = "sec"', 'name = "nobody"'))
+    done = subprocess.run(
+        [
+            *CLI,
+            "run",
+            str(config),
+            "--superlink",
+            federation.control,
+            "--ca",
+            str(_ca_certificate(federation)),
+            "--runs-dir",
+            str(federation.runs),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "no training site answered" in output
+    for name in ("a", "b", "c", "d"):
+        assert f"{name} (node " in output, output
+    assert output.count("is not approved at this site") == 4, output
 
 
 def test_certificate_and_registration_commands(tmp_path: Path, federation: CliFederation) -> None:
