@@ -39,18 +39,6 @@ def _task_identity() -> Iterator[None]:
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
 
 
-@pytest.fixture()
-def site(tmp_path: Path) -> Path:
-    np.savez(tmp_path / "data.npz", x=np.zeros(1))
-    config = tmp_path / "site.toml"
-    config.write_text(
-        '[site]\nname = "a"\n[data]\npath = "data.npz"\n[node]\ninsecure = true\n'
-        'state_dir = "state"\n',
-        encoding="utf-8",
-    )
-    return config
-
-
 def _context(site: Path, settings: RunSettings = SETTINGS) -> Context:
     return Context(
         run_id=9,

@@ -149,13 +149,13 @@ def test_unapproved_site_is_left_out_and_unlisted_site_never_asked(
     assert '"run_approved"' not in unlisted_log and '"run_refused"' not in unlisted_log
     assert '"node_started"' in unlisted_log
     # A study no site approved: the coordinator is told each site's reason (issue 20).
-    config = tmp_path / "nobody.toml"
-    config.write_text(RUN.replace('name = "sec"', 'name = "nobody"'))
+    nobody = tmp_path / "nobody.toml"
+    nobody.write_text(RUN.replace('name = "sec"', 'name = "nobody"'))
     done = subprocess.run(
         [
             *CLI,
             "run",
-            str(config),
+            str(nobody),
             "--superlink",
             federation.control,
             "--ca",

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -36,19 +35,6 @@ SETTINGS = RunSettings(secure_aggregation=SecureAggregationSettings(mode="on"))
 def _keys_message(config: SecAggConfig) -> Message:
     content = RecordDict({rk.SECAGG_CONFIG_KEY: ConfigRecord(config.to_config())})
     return Message(content, dst_node_id=1, message_type="train.secagg_keys", group_id="1")
-
-
-@pytest.fixture()
-def site(tmp_path: Path) -> Path:
-    """A real site config (the handlers read its state folder and key)."""
-    np.savez(tmp_path / "data.npz", x=np.zeros(1))
-    config = tmp_path / "site.toml"
-    config.write_text(
-        '[site]\nname = "a"\n[data]\npath = "data.npz"\n[node]\ninsecure = true\n'
-        'state_dir = "state"\n',
-        encoding="utf-8",
-    )
-    return config
 
 
 def _context(site: Path, settings: RunSettings = SETTINGS) -> Context:
