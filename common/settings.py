@@ -72,11 +72,16 @@ class _Strict(BaseModel):
 class RosterEntry(_Strict):
     """One site of a study's roster (`[[run.sites]]`): its name, the fingerprint of its
     registered key (`SHA256:...`, as `consortia certs site` and `site list` print it) and
-    its role. Sites check their own entry and their neighbours against it."""
+    its role. Sites check their own entry and their neighbours against it.
+
+    `max_examples` (optional, approved with the study): the most training examples the
+    site may declare; under secure aggregation the server leaves a site that declares more
+    out of the round (without it, the count the site declared when it joined bounds it)."""
 
     name: Annotated[str, Field(pattern=_NAME_PATTERN)]
     fingerprint: Annotated[str, Field(pattern=r"^SHA256:[A-Za-z0-9+/]{43}$")]
     role: Role = Role.TRAIN
+    max_examples: Annotated[int, Field(ge=1)] | None = None
 
 
 class ModelConfig(_Strict):

@@ -112,6 +112,7 @@ class Federation:
         self.central: CentralPrivacy | None = None
         self.secure: SecureAggregator | None = None
         self.secure_on = False  # decided once, from the training sites that joined
+        self.capped: dict[str, str] = {}  # this round's sites over their example cap, why
         if settings.secure_aggregation.mode != "off":
             stage_timeout = settings.secure_aggregation.stage_timeout_s
             self.secure = SecureAggregator(
@@ -369,7 +370,9 @@ class Federation:
         masked_size = None if secure is None else secure.vector_size
         accepted, rejected = self._collect(round_number, weights, replies, trainers, masked_size)
         for site in not_asked:
-            rejected[site.name] = "could not take part in this round's secure aggregation"
+            rejected[site.name] = self.capped.get(
+                site.name, "could not take part in this round's secure aggregation"
+            )
         # Sites whose privacy policy refused leave training; the quorum is of the others.
         answerable = [s for s in [*trainers, *not_asked] if s.name not in self.privacy.excluded]
         needed = self.roster.quorum_size(len(answerable)) if answerable else 0
@@ -455,6 +458,17 @@ class Federation:
         take part, the round trains nobody (an empty dict) and the model stays."""
         if self.secure is None or not self.secure_on:
             return None
+        # Example counts bounded out of band (F5): a site over its roster cap sits out.
+        self.capped = {}
+        for site in trainers:
+            reason = self.roster.example_cap_refusal(site)
+            if reason is not None:
+                self.capped[site.name] = reason
+                logger.warning("round %d: %s left out: %s", round_number, site.name, reason)
+                self.folder.event(SITE_LEFT_OUT, round=round_number, site=site.name, reason=reason)
+        trainers = [site for site in trainers if site.name not in self.capped]
+        if not trainers:
+            return {}
         try:
             return self.secure.prepare(
                 round_number,

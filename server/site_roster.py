@@ -119,6 +119,14 @@ class SiteRoster:
                         f"{site.name} rejoins with other data or another role than it joined with",
                     )
                     continue
+                if site.num_train > previous.num_train:
+                    # The count declared on joining bounds the site's weight (F5).
+                    self.leave_out(
+                        answer.node_id,
+                        f"{site.name} rejoins declaring {site.num_train} training examples, "
+                        f"more training examples than the {previous.num_train} it joined with",
+                    )
+                    continue
                 del self.sites[known[site.name]]
                 self.register(site)
                 logger.info(
@@ -154,6 +162,20 @@ class SiteRoster:
         self.refusals[node_id] = reason
         self.folder.event(SITE_REFUSED, node_id=node_id, reason=reason)
         logger.warning("node %d left out: %s", node_id, reason)
+
+    def example_cap_refusal(self, site: Site) -> str | None:
+        """Why `site` may not take part in a secure round: it declared more training
+        examples than its roster entry's `max_examples` (fixed out of band, approved with
+        the study); None when it may. Under secure aggregation the declared counts set
+        every site's weight: a site declaring too many would scale the others down."""
+        for entry in self.settings.sites:
+            cap = entry.max_examples
+            if entry.name == site.name and cap is not None and site.num_train > cap:
+                return (
+                    f"declares {site.num_train} training examples, more than the roster's "
+                    f"max_examples = {cap} for {site.name}"
+                )
+        return None
 
     def _who(self, node_id: int) -> str:
         """A node as the coordinator knows it: its registered site name, if any."""

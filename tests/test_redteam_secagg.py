@@ -14,6 +14,9 @@ server that registers nodes of its own would run them.
   the others sit the round out (recorded on disk, also across a node restart).
 - F12: a session naming far more sites than the roster is refused before any graph is
   built.
+- F5: a site declaring more training examples than its roster cap (or, without one, than
+  it joined with) is left out of the secure round by the real server; a site clips its
+  own update to the range before masking; a sum outside the range is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from consortia.client.secagg_client import SecAggClient
 from consortia.client.secagg_handlers import mask_update, open_round, secagg_keys, secagg_unmask
 from consortia.common import records as rk
 from consortia.common.approvals import ApprovalStore
+from consortia.common.audit_log import SITE_LEFT_OUT, read_audit_log
 from consortia.common.instructions import Instruction
 from consortia.common.run_identity import app_hash
 from consortia.common.secagg_config import SecAggConfig, SecAggError
@@ -177,11 +181,12 @@ class Study:
         round_number: int,
         nodes: Sequence[int],
         vectors: Mapping[int, np.ndarray],
+        weight_norm: float = 1.0,
     ) -> np.ndarray | None:
         """The unmasked sum the server gets for the round, or None when the round cannot
         be aggregated (too few sites took part)."""
         try:
-            records = aggregator.prepare(round_number, nodes, weight_norm=1.0)
+            records = aggregator.prepare(round_number, nodes, weight_norm=weight_norm)
         except SecAggError:
             return None
         masked: dict[int, tuple[np.ndarray, dict[int, bytes]]] = {}
@@ -483,3 +488,97 @@ def test_f5_values_beyond_the_clip_range_are_caught_in_the_sum() -> None:
     }
     with pytest.raises(SecAggError, match=r"leaves \[-3 c, 3 c\] .* at \d+ coordinates"):
         server.unmask(answers)
+
+
+# -- F5: example counts and the update's range, bounded out of band ----------------------
+
+
+def _secure_federation(study: Study, tmp_path: Path, declared: Mapping[str, int]) -> Any:
+    """The real server (`server/federation.py`) of the study with its sites as they
+    answered `query` (`declared`: each one's training examples), secure aggregation on
+    and the session exchange answered by the study's real sites."""
+    from typing import cast
+
+    from flwr.serverapp import Grid
+
+    from consortia.server.federation import Federation
+    from consortia.server.run_folder import RunFolder
+    from consortia.server.sites import Site
+
+    folder = RunFolder(tmp_path / "runs" / "study", {"run_name": "study"})
+    federation = Federation(cast(Grid, None), study.settings, folder)
+    federation.secure = study.aggregator()
+    federation.secure_on = True
+    for name, count in declared.items():
+        node = study.node_of[name]
+        federation.roster.register(Site(node, name, Role.TRAIN, count, 0, f"{node:064x}"))
+    return federation
+
+
+def _capped_study(tmp_path: Path, caps: Mapping[str, int | None]) -> Study:
+    study = Study(tmp_path, list(caps), roster=list(caps), min_sites=3)
+    entries = tuple(
+        RosterEntry(name=n, fingerprint=study.prints[n], max_examples=cap)
+        for n, cap in caps.items()
+    )
+    study.settings = study.settings.model_copy(update={"sites": entries})
+    for node, config in study.configs.items():  # the sites approve the capped roster
+        ApprovalStore.for_site(load_site_settings(config)).approve(study.settings, by="test")
+        study.restart(node)
+    return study
+
+
+def test_f5_a_declared_example_count_beyond_the_roster_cap_is_left_out(tmp_path: Path) -> None:
+    """Site d declares 10^12 training examples: the weight norm of the round (the largest
+    declared count) would scale a, b and c's updates down to the quantisation step. The
+    roster caps d at 100 examples: the server leaves d out of the secure round, audited
+    with the reason, and the weight norm is the honest sites' largest count."""
+    study = _capped_study(tmp_path, {"a": 100, "b": 100, "c": 100, "d": 100})
+    declared = {"a": 40, "b": 60, "c": 80, "d": 10**12}
+    federation = _secure_federation(study, tmp_path, declared)
+    trainers = federation.roster.select_training_sites(1)
+    records = federation._secure_setup(1, trainers)
+    assert sorted(records) == [1, 2, 3], "the site over its roster cap took part"
+    assert federation.secure.weight_norm == 80.0
+    events = read_audit_log(federation.folder.audit.path)
+    [left] = [e for e in events if e["event"] == SITE_LEFT_OUT and e.get("site") == "d"]
+    assert left["round"] == 1 and "max_examples" in left["reason"] and "100" in left["reason"]
+    # the honest sites' weighted updates still aggregate to FedAvg's mean
+    vectors = _vectors([1, 2, 3])
+    for node, count in zip((1, 2, 3), (40, 60, 80), strict=True):
+        vectors[node][-1] = count / federation.secure.weight_norm
+    total = study.secure_round(federation.secure, 2, [1, 2, 3], vectors, weight_norm=80.0)
+    assert _close(total, _sum(vectors, (1, 2, 3)))
+
+
+def test_f5_without_a_roster_cap_a_site_may_not_grow_its_count_on_rejoining(
+    tmp_path: Path,
+) -> None:
+    """No cap in the roster: the count a site declared when it joined bounds it. Site d
+    comes back (a new node) declaring 10^12 examples of the same data: it is left out."""
+    from consortia.server.discovery import SiteAnswer
+    from consortia.server.run_privacy import SitePrivacy
+    from consortia.server.sites import Site
+
+    study = _capped_study(tmp_path, {"a": None, "b": None, "c": None, "d": None})
+    federation = _secure_federation(study, tmp_path, {"a": 40, "b": 60, "c": 80, "d": 50})
+    privacy = SitePrivacy(f"{4:064x}", 10.0, 1e-5, 0.0)
+    grown = Site(44, "d", Role.TRAIN, 10**12, 0, f"{4:064x}")
+    federation.roster.admit([SiteAnswer(44, grown, privacy)], round_number=2)
+    assert 44 not in federation.roster.sites and 4 in federation.roster.sites
+    assert "more training examples" in federation.roster.refusals[44]
+    records = federation._secure_setup(2, federation.roster.select_training_sites(2))
+    assert sorted(records) == [1, 2, 3, 4] and federation.secure.weight_norm == 80.0
+
+
+def test_f5_a_site_clips_its_own_update_to_the_range_before_masking(tmp_path: Path) -> None:
+    """A site's update far beyond the clip range c (here 10^6 per value): the site clips
+    it to [-c, c] before masking, so its share of the unmasked sum is at most c per
+    coordinate (a site that skips the clipping is caught by the range check above)."""
+    study = Study(tmp_path, ["a", "b", "c"])
+    clip = study.settings.secure_aggregation.clip_range
+    vectors = _vectors([1, 2, 3])
+    vectors[3] = np.full(SIZE, 1e6, dtype=np.float32)
+    total = study.secure_round(study.aggregator(), 1, [1, 2, 3], vectors)
+    expected = _sum(vectors, (1, 2)) + clip
+    assert total is not None and _close(total, expected)
