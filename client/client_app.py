@@ -442,6 +442,13 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
                 site.privacy.max_epsilon,
                 entry.run_epsilon,
             )
+        # The ledger's head travels with every train reply; the server records it and the
+        # privacy audit checks the ledger still holds it: a ledger cut or deleted later
+        # (with the node's audit log) shows there (F9).
+        head = ledger.head
+        content[rk.LEDGER_HEAD_KEY] = ConfigRecord(
+            {rk.LEDGER_HEAD_HASH: head.sha256, rk.LEDGER_HEAD_ENTRIES: head.entries}
+        )
     logger.info(
         "round %d: trained on %d examples in %.2f s, evaluated in %.2f s, prepared in "
         "%.2f s, handler %.2f s (loss %.4f)",

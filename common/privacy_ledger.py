@@ -36,6 +36,7 @@ __all__ = [
     "LEDGER_SCHEMA",
     "LedgerEntry",
     "LedgerError",
+    "LedgerHead",
     "PrivacyLedger",
     "RoundSpend",
     "ledger_lock",
@@ -129,6 +130,31 @@ def ledger_lock(path: Path) -> contextlib.AbstractContextManager[None]:
     return exclusive_lock(path)
 
 
+@dataclass(frozen=True)
+class LedgerHead:
+    """Where a ledger stood: the hash of its last entry (the chain's start, bound to the
+    data set, when it has none) and its entry count. It travels with every train reply;
+    a ledger that later no longer holds a head the server recorded was cut or replaced."""
+
+    sha256: str
+    entries: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "entries": self.entries}
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> LedgerHead:
+        """A head as recorded (JSON); errors name `where` and the field."""
+        if not isinstance(data, Mapping):
+            raise LedgerError(f"{where}: a ledger head is an object, got {type(data).__name__}")
+        sha256, entries = data.get("sha256"), data.get("entries")
+        if not isinstance(sha256, str) or not _HEX64.fullmatch(sha256):
+            raise LedgerError(f"{where}: 'sha256' must be a hex SHA-256, got {sha256!r}")
+        if isinstance(entries, bool) or not isinstance(entries, int) or entries < 0:
+            raise LedgerError(f"{where}: 'entries' must be a count >= 0, got {entries!r}")
+        return cls(sha256, entries)
+
+
 class PrivacyLedger:
     """The entries of one data set, with `state_dict`/`load_state_dict` that validate."""
 
@@ -163,6 +189,21 @@ class PrivacyLedger:
             for entry in self.entries
             if entry.config_hash == config_hash or entry.run_id == run_id
         ]
+
+    @property
+    def head(self) -> LedgerHead:
+        """The ledger's head now (the hash of its last entry, its entry count)."""
+        return self.heads()[-1]
+
+    def heads(self) -> list[LedgerHead]:
+        """Every head the ledger has had, from empty (the chain's start) to now: a head
+        recorded earlier must be one of them, unless the ledger was cut or replaced."""
+        heads = [LedgerHead(genesis_for(self.dataset_fingerprint), 0)]
+        heads += [
+            LedgerHead(str(record[HASH_FIELD]), index + 1)
+            for index, record in enumerate(self._records)
+        ]
+        return heads
 
     def spent(self, delta: float, accountant: Accountant) -> float:
         """Epsilon of everything recorded so far, recomputed from the history."""

@@ -82,7 +82,8 @@ class ProvenanceError(ConsortiaError):
 class Provenance:
     """The signed content. `participants`: one `{"site", "role", "dataset_fingerprint"}`
     per site (optionally `"audit_head"`: the head of the site's own audit log as it
-    reported it). `rounds`: one `{"round", "global_model_sha256", "participants"}` per
+    reported it; `"ledger_head"`: `{"sha256", "entries"}` of its privacy ledger in its
+    last train reply). `rounds`: one `{"round", "global_model_sha256", "participants"}` per
     global model (round 0 = the initial model; the hash is the SHA-256 of the checkpoint
     file). `secure_aggregation`: `{"enabled": bool, "parameters": {...}}`. `audit_log`:
     `{"file", "head", "records"}` of the run's audit log when the run ended."""

@@ -45,6 +45,9 @@ __all__ = [
     "EVAL_HIST_KEY",
     "EVAL_METRICS_KEY",
     "INFO_KEY",
+    "LEDGER_HEAD_ENTRIES",
+    "LEDGER_HEAD_HASH",
+    "LEDGER_HEAD_KEY",
     "M_COMPUTE_S",
     "M_EVAL_S",
     "M_NUM_EXAMPLES",
@@ -207,3 +210,11 @@ CFG_PROXIMAL_MU: Final = "proximal-mu"
 NODE_AUDIT_KEY: Final = "node-audit"
 NODE_AUDIT_HEAD: Final = "head"
 NODE_AUDIT_SEQ: Final = "seq"
+
+# The head of the site's privacy ledger for the round's data set, in every train reply:
+# the hash of its last entry (the chain's start when empty) and its entry count. The
+# server records it per round and in the provenance; the privacy audit checks the ledger
+# still holds it (a ledger cut or deleted after the run shows).
+LEDGER_HEAD_KEY: Final = "ledger-head"
+LEDGER_HEAD_HASH: Final = "sha256"
+LEDGER_HEAD_ENTRIES: Final = "entries"

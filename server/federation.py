@@ -417,6 +417,12 @@ class Federation:
         )
         self.folder.event(GLOBAL_MODEL, round=round_number, sha256=digest, checkpoint=checkpoint)
         self.folder.results["privacy"] = self.privacy.section()
+        # Each site's privacy-ledger head as its reply carried it: per round, and the last
+        # one per site for the provenance (the privacy audit checks ledgers against them).
+        heads = {
+            names[node]: u.ledger_head for node, u in accepted.items() if u.ledger_head is not None
+        }
+        self.folder.results.setdefault("ledger_heads", {}).update(heads)
         self.folder.update_round(
             round_number,
             participants=participants,
@@ -428,6 +434,7 @@ class Federation:
             privacy={
                 names[node]: u.privacy for node, u in accepted.items() if u.privacy is not None
             },
+            ledger_heads=heads,
             secure_aggregation=None if secure is None else secure.summary(unchanged),
             strategy={"name": self.strategy.name, "unchanged": unchanged, **strategy_report},
         )

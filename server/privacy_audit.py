@@ -9,7 +9,10 @@ What is checked (docs/auditing.md explains each flag):
   site's limit, and that every training participant has a privacy record;
 - with the site's ledger (`--ledger`): the ledger's hash chain, every ledger entry's
   lifetime epsilon recomputed from the ledger's whole history up to it (across runs), and
-  that every server record of the run has an identical ledger entry and vice versa.
+  that every server record of the run has an identical ledger entry and vice versa, and
+  that the ledger still holds every head (last entry's hash, entry count) the site's
+  train replies carried (`rounds[].ledger_heads`): a ledger cut back or restarted after
+  the run is flagged `ledger_head_missing`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from consortia.common.privacy_ledger import LedgerEntry, LedgerError, PrivacyLedger
+from consortia.common.errors import ConsortiaError
+from consortia.common.privacy_ledger import LedgerEntry, LedgerError, LedgerHead, PrivacyLedger
 from consortia.server.privacy_recompute import (
     VALUE_DISCRETIZATION_INTERVAL,
     Recomputed,
@@ -33,6 +37,7 @@ from consortia.server.privacy_results import (
     SitePolicy,
     read_run_records,
 )
+from consortia.server.run_folder import RESULTS_FILE
 
 __all__ = [
     "AUDIT_SCHEMA",
@@ -237,6 +242,44 @@ class _LoadedLedger:
     path: Path
     entries: list[LedgerEntry]
     recomputed: list[Recomputed]  # lifetime epsilon after each entry
+    heads: list[LedgerHead]  # every head the ledger has had, from empty to now
+
+
+def _recorded_heads(run_dir: Path) -> dict[str, list[tuple[int, LedgerHead]]]:
+    """The ledger heads the server recorded per site and round (`rounds[].ledger_heads`
+    of results.json: what each train reply carried). `ConsortiaError` names a bad one."""
+    results = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+    heads: dict[str, list[tuple[int, LedgerHead]]] = {}
+    for index, entry in enumerate(results.get("rounds") or []):
+        recorded = entry.get("ledger_heads") if isinstance(entry, dict) else None
+        if recorded is None:
+            continue
+        where = f"{run_dir / RESULTS_FILE}: rounds[{index}].ledger_heads"
+        if not isinstance(recorded, dict):
+            raise ConsortiaError(f"{where}: must be an object of site: head")
+        for site, data in recorded.items():
+            head = LedgerHead.from_dict(data, f"{where}[{site!r}]")
+            heads.setdefault(str(site), []).append((int(entry["round"]), head))
+    return heads
+
+
+def _head_flags(
+    name: str, recorded: Sequence[tuple[int, LedgerHead]], ledger: _LoadedLedger
+) -> list[Flag]:
+    """A head the server recorded that the ledger no longer holds: the ledger was cut
+    back, deleted and restarted, or replaced since that reply."""
+    held = set(ledger.heads)
+    flags = []
+    for round_, head in recorded:
+        if head in held:
+            continue
+        message = (
+            f"site {name} round {round_}: its reply carried ledger head {head.sha256[:12]}… "
+            f"after {head.entries} entries; {ledger.path} (now {len(ledger.entries)} "
+            f"entries) never had it: the ledger was cut back, restarted or replaced"
+        )
+        flags.append(Flag("ledger_head_missing", message, name, round_))
+    return flags
 
 
 def _fingerprint_in_file(path: Path) -> str | None:
@@ -281,7 +324,7 @@ def _audit_ledgers(
             audits.append(LedgerAudit(str(path), "duplicate", site, fingerprint, message))
             flags.append(Flag("ledger_duplicate", message, site))
             continue
-        loaded[site] = _LoadedLedger(path, entries, recomputed)
+        loaded[site] = _LoadedLedger(path, entries, recomputed, ledger.heads())
         rows: list[LedgerEntryAudit] = []
         seen: set[tuple[str, int]] = set()
         for index, (entry, rec) in enumerate(zip(entries, recomputed, strict=True)):
@@ -449,11 +492,14 @@ def audit_privacy(
     by_fingerprint = run.sites_by_fingerprint()
     ledger_audits, loaded, ledger_flags = _audit_ledgers(ledgers, by_fingerprint, recomputer)
     flags += ledger_flags
+    recorded_heads = _recorded_heads(run_dir)
     sites: list[SiteAudit] = []
     for name in run.site_names():
         policy = run.sites.get(name)
         ledger = loaded.get(name)
         rows, site_flags = _site_rounds(name, run, ledger, recomputer)
+        if ledger is not None:
+            site_flags += _head_flags(name, recorded_heads.get(name, []), ledger)
         site_flags += _limit_flags(name, policy.max_epsilon if policy else None, rows)
         flags += site_flags
         last = rows[-1] if rows else None

@@ -28,12 +28,14 @@ def build_provenance(folder: RunFolder, settings: RunSettings, identity: RunIden
     """The provenance of the run recorded in `folder` (call after `folder.finish`)."""
     results = folder.results
     heads = results.get("node_audit_heads") or {}
+    ledger_heads = results.get("ledger_heads") or {}
     participants = [
         {
             "site": site["name"],
             "role": site["role"],
             "dataset_fingerprint": site["data_fingerprint"],
             **({"audit_head": heads[site["name"]]} if site["name"] in heads else {}),
+            **({"ledger_head": ledger_heads[site["name"]]} if site["name"] in ledger_heads else {}),
         }
         for site in results.get("sites", [])
     ]

@@ -3,7 +3,8 @@
 Every check that needs only the one reply is here: the reply's keys (one array record
 holding exactly the weights array, the train metrics), the weights' shape, dtype and
 values (or, under secure aggregation, the masked vector's shape), the example count
-against what the site registered, and under DP the privacy record. Checks across the
+against what the site registered, the privacy ledger's head (required under DP) and
+under DP the privacy record. Checks across the
 round's updates (norms) are `consortia.server.update_validation`'s.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from consortia.common import records as rk
+from consortia.common.privacy_ledger import LedgerError, LedgerHead
 from consortia.common.record_fields import (
     RecordFieldError,
     get_array_record,
@@ -43,6 +45,8 @@ class AcceptedUpdate:
     privacy: dict[str, Any] | None
     # Under secure aggregation: the encrypted shares the site sent with its masked vector.
     shares: dict[int, bytes] | None = None
+    # The head of the site's privacy ledger as the reply carried it ({"sha256", "entries"}).
+    ledger_head: dict[str, Any] | None = None
 
 
 def _weights(content: RecordDict) -> np.ndarray:
@@ -87,6 +91,26 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
         if not math.isfinite(value):
             raise UpdateShapeError(f"reports {key} = {value}; a train metric must be finite")
     return metrics
+
+
+def _ledger_head(content: RecordDict, *, dp: bool) -> dict[str, Any] | None:
+    """The privacy ledger's head a train reply carries; required under DP (the site's
+    ledger is what the privacy audit checks it against)."""
+    if rk.LEDGER_HEAD_KEY not in content:
+        if dp:
+            raise RecordFieldError(
+                f"no '{rk.LEDGER_HEAD_KEY}' record: a DP update carries its ledger's head"
+            )
+        return None
+    record = get_config_record(content, rk.LEDGER_HEAD_KEY)
+    data = {
+        "sha256": record.get(rk.LEDGER_HEAD_HASH),
+        "entries": record.get(rk.LEDGER_HEAD_ENTRIES),
+    }
+    try:
+        return LedgerHead.from_dict(data, f"'{rk.LEDGER_HEAD_KEY}'").to_dict()
+    except LedgerError as err:
+        raise RecordFieldError(str(err)) from None
 
 
 def _check_masked(update: np.ndarray, size: int) -> None:
@@ -141,4 +165,5 @@ def accept_update(
         privacy.check(report)
         privacy.record(site.name, report)
         record = spend_record(report, int(count))
-    return AcceptedUpdate(update, count, info, record, shares)
+    head = _ledger_head(reply.content, dp=dp)
+    return AcceptedUpdate(update, count, info, record, shares, head)

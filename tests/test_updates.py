@@ -185,3 +185,13 @@ def test_a_non_finite_train_loss_is_rejected() -> None:
 def test_a_dp_run_rejects_an_update_without_privacy_record() -> None:
     with pytest.raises(UpdateShapeError, match="no privacy record"):
         accept(train_reply(), dp=True)
+
+
+def test_the_ledger_head_a_reply_carries_is_checked_and_kept() -> None:
+    head = ConfigRecord({rk.LEDGER_HEAD_HASH: "ab" * 32, rk.LEDGER_HEAD_ENTRIES: 3})
+    accepted = accept(train_reply(extra={rk.LEDGER_HEAD_KEY: head}))
+    assert accepted.ledger_head == {"sha256": "ab" * 32, "entries": 3}
+    assert accept(train_reply()).ledger_head is None  # without DP it may be absent
+    bad = ConfigRecord({rk.LEDGER_HEAD_HASH: "not a hash", rk.LEDGER_HEAD_ENTRIES: 3})
+    with pytest.raises(RecordFieldError, match="'sha256' must be a hex SHA-256"):
+        accept(train_reply(extra={rk.LEDGER_HEAD_KEY: bad}))
