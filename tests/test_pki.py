@@ -387,7 +387,7 @@ def test_certs_cli_creates_a_ca_a_server_certificate_and_a_site_key(
     cert = load_certificate(tmp_path / "srv" / "server.pem")
     verify_certificate_chain(cert, load_certificate(tmp_path / "srv" / "ca.pem"), host="127.0.0.1")
     verify_certificate_chain(cert, load_certificate(tmp_path / "srv" / "ca.pem"), host="localhost")
-    assert "--ssl-certfile srv/server.pem" in result.output
+    assert "consortia server start --certs srv" in result.output
 
     result = runner.invoke(certs_app, ["site", "hospital-a", "--out", "keys"])
     assert result.exit_code == 0, result.output
@@ -421,9 +421,10 @@ def test_certs_cli_encrypted_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     )
     assert result.exit_code == 0, result.output
     names = load_certificate(tmp_path / "srv" / "server.pem").extensions
-    assert names.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName
-    ) == ["a.org"]
+    alternative = names.get_extension_for_class(x509.SubjectAlternativeName).value
+    # the loopback names are always there: the Control API and the ServerApps use them
+    assert alternative.get_values_for_type(x509.DNSName) == ["a.org", "localhost"]
+    assert [str(ip) for ip in alternative.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
 
 # -- a real SuperLink with the generated certificate -------------------------------------
