@@ -143,10 +143,9 @@ def _model(msg: Message, instruction: Instruction) -> tuple[torch.nn.Module, Wei
     return model, layout
 
 
-def _allowance(context: Context, site: SiteSettings) -> EvaluationAllowance:
-    """This site's evaluation record for the approved study the message belongs to."""
-    settings = run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS]))
-    return EvaluationAllowance(site.state_path, config_hash(settings))
+def _study_hash(context: Context) -> str:
+    """The config hash of the approved study the message belongs to."""
+    return config_hash(run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS])))
 
 
 def _evaluate(
@@ -353,7 +352,8 @@ def _train(msg: Message, context: Context, site: SiteSettings, instruction: Inst
         dp_round = None if kept else plan_round(site.privacy, ledger, request, len(train_data))
         eval_s = 0.0
         if instruction.evaluate_first:
-            grant = _allowance(context, site).grant(
+            # the round request already holds the approved study's config hash
+            grant = EvaluationAllowance(site.state_path, request.config_hash).grant(
                 instruction.round, instruction.total_rounds, start
             )
             evaluated = _evaluate(
@@ -481,7 +481,7 @@ def _evaluate_handler(
     msg: Message, context: Context, site: SiteSettings, instruction: Instruction
 ) -> Message:
     weights = get_array(get_array_record(msg.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY)
-    grant = _allowance(context, site).grant(
+    grant = EvaluationAllowance(site.state_path, _study_hash(context)).grant(
         instruction.round, instruction.total_rounds, model_sha256(weights)
     )
     data = _dataset(site, instruction.dataset).load(instruction.task, _eval_splits(site))

@@ -93,6 +93,16 @@ class _Audit:
             logger.exception("could not write the SuperLink audit record %s", event)
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or the name localhost) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _peer(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
@@ -154,12 +164,8 @@ class ControlGate:
             await self._app(scope, receive, send)
             return
         peer = _peer(scope)
-        try:
-            loopback = ipaddress.ip_address(peer).is_loopback
-        except ValueError:
-            loopback = False
         path = str(scope.get("path", ""))
-        if not loopback:
+        if not _is_loopback(peer):
             self._audit.record(API_REFUSED, listener="control", path=path[:200], peer=peer)
             await _refuse(send, 403, "the Control and Runtime APIs answer loopback peers only")
             return
@@ -277,15 +283,8 @@ def main(argv: list[str] | None = None) -> None:
 
     sys.argv = ["flower-superlink", *flower_args]
     config = flower_cli._parse_superlink_lifespan_config()
-    ipaddress_host = config.host
-    try:
-        if not ipaddress.ip_address(ipaddress_host).is_loopback:
-            raise SystemExit("consortia-superlink: the control listener must be a loopback host")
-    except ValueError:
-        if ipaddress_host != "localhost":
-            raise SystemExit(
-                "consortia-superlink: the control listener must be a loopback host"
-            ) from None
+    if not _is_loopback(config.host):
+        raise SystemExit("consortia-superlink: the control listener must be a loopback host")
     audit = _Audit(ours.audit_log)
     flower_app = create_app(config, flower_cli.SuperLinkLifespan)
     apps: list[tuple[ASGIApp, str, int, bool]] = [
