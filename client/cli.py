@@ -11,17 +11,17 @@ from typing import Annotated
 
 import typer
 
-from consortia.client.approve_cli import approvals, approve, revoke
-from consortia.client.connection_check import check_server_connection
-from consortia.client.data_cli import data_app
-from consortia.client.node_audit import node_audit_for
-from consortia.client.privacy_cli import privacy_app
-from consortia.common.audit_log import NODE_STARTED
-from consortia.common.device_names import DEVICE_ENV, DEVICE_PATTERN
+from consortia.client.data.cli import data_app
+from consortia.client.node.approve_cli import approvals, approve, revoke
+from consortia.client.node.audit import node_audit_for
+from consortia.client.node.connection_check import check_server_connection
+from consortia.client.privacy.cli import privacy_app
+from consortia.common.audit.log import NODE_STARTED
+from consortia.common.config.device_names import DEVICE_ENV, DEVICE_PATTERN
+from consortia.common.config.settings import load_site_settings
+from consortia.common.crypto.site_keys import load_site_private_key
 from consortia.common.processes import stop_on_sigterm
-from consortia.common.run_identity import app_hash
-from consortia.common.settings import load_site_settings
-from consortia.common.site_keys import load_site_private_key
+from consortia.common.wire.run_identity import app_hash
 
 __all__ = ["register"]
 
@@ -49,7 +49,7 @@ def node_start(
     # Here, not at the top: the data readers and the node's executor load torch and MONAI,
     # which every other `consortia` command can start without.
     from consortia.client.data.dataset import SiteDataset
-    from consortia.client.node import run_node
+    from consortia.client.node.supernode import run_node
 
     site = load_site_settings(site_config)
     site.node.check_connection_files(str(site_config))

@@ -27,22 +27,24 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from consortia.client.approval_mod import approval_mod
 from consortia.client.data.dataset import SiteDataset
-from consortia.client.dp_training import DPSpend, train_local_dp
-from consortia.client.error_mod import error_mod
-from consortia.client.evaluation_allowance import (
-    EvaluationAllowance,
-    EvaluationGrant,
-    EvaluationRefusedError,
-)
-from consortia.client.node_audit import node_audit_for
-from consortia.client.privacy_budget import (
+from consortia.client.data.site_data import SiteArrays
+from consortia.client.mods.approval import approval_mod
+from consortia.client.mods.error import error_mod
+from consortia.client.mods.signing import signing_mod
+from consortia.client.node.audit import node_audit_for
+from consortia.client.privacy.budget import (
     PrivacyRefusedError,
     open_ledger,
     plan_round,
     record_round,
     round_request,
+)
+from consortia.client.privacy.dp_training import DPSpend, train_local_dp
+from consortia.client.privacy.evaluation_allowance import (
+    EvaluationAllowance,
+    EvaluationGrant,
+    EvaluationRefusedError,
 )
 from consortia.client.release_cache import (
     RELEASES_DIR,
@@ -52,49 +54,47 @@ from consortia.client.release_cache import (
     kept_release,
     model_sha256,
 )
-from consortia.client.saliency_release import saliency_record, write_final_saliency
-from consortia.client.secagg_handlers import (
+from consortia.client.saliency.release import saliency_record, write_final_saliency
+from consortia.client.secure_aggregation.handlers import (
     SecureRound,
     mask_update,
     open_round,
     secagg_keys,
     secagg_unmask,
 )
-from consortia.client.signing_mod import signing_mod
 from consortia.client.site_context import site_settings
-from consortia.client.site_data import SiteArrays
-from consortia.client.trainer import (
+from consortia.client.training.trainer import (
     EvalResult,
     RoundRecipe,
     TrainResult,
     evaluate_local,
     train_local,
 )
-from consortia.common import records as rk
-from consortia.common.audit_log import PRIVACY_SPENT
-from consortia.common.device import select_device
+from consortia.common.audit.log import PRIVACY_SPENT
+from consortia.common.config.settings import Role, SiteSettings, run_settings_from_json
 from consortia.common.errors import ConfigError, ConsortiaError, DataError
-from consortia.common.instructions import Instruction, get_task
-from consortia.common.models import build_model
-from consortia.common.privacy_ledger import LedgerError, PrivacyLedger, ledger_lock, ledger_path
-from consortia.common.record_fields import (
+from consortia.common.networks.device import select_device
+from consortia.common.networks.models import build_model
+from consortia.common.networks.weights import WeightLayout
+from consortia.common.privacy.ledger import LedgerError, PrivacyLedger, ledger_lock, ledger_path
+from consortia.common.secure_aggregation.config import SecAggError
+from consortia.common.wire import records as rk
+from consortia.common.wire.instructions import Instruction, get_task
+from consortia.common.wire.record_fields import (
     RecordFieldError,
     get_array,
     get_array_record,
     get_config_record,
     get_str,
 )
-from consortia.common.records import (
+from consortia.common.wire.records import (
     ERROR_BAD_MESSAGE,
     ERROR_PRIVACY_BUDGET,
     ERROR_REFUSED,
     ERROR_SECAGG,
     ERROR_SITE_DATA,
 )
-from consortia.common.run_identity import config_hash
-from consortia.common.secagg_config import SecAggError
-from consortia.common.settings import Role, SiteSettings, run_settings_from_json
-from consortia.common.weights import WeightLayout
+from consortia.common.wire.run_identity import config_hash
 
 __all__ = ["LayoutMismatchError", "app"]
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from consortia.common.errors import ConsortiaError
 from consortia.common.files import write_atomic
-from consortia.common.privacy_ledger import PrivacyLedger
+from consortia.common.privacy.ledger import PrivacyLedger
 
 __all__ = [
     "RELEASES_DIR",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from flwr.app import Context
 
-from consortia.common import records as rk
+from consortia.common.config.settings import SiteSettings, load_site_settings
 from consortia.common.errors import ConsortiaError
-from consortia.common.settings import SiteSettings, load_site_settings
+from consortia.common.wire import records as rk
 
 __all__ = ["is_simulated", "site_config_path", "site_settings"]
 

@@ -33,7 +33,7 @@ import logging
 import sys
 from pathlib import Path
 
-from consortia.common.demo_data import DemoDataSettings, write_site_npz
+from consortia.common.demo.data import DemoDataSettings, write_site_npz
 from consortia.common.logs import setup_logging
 
 setup_logging(logging.INFO)

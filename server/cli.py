@@ -12,34 +12,29 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from consortia.common.config.settings import Task, load_run_settings, run_settings_from_json
 from consortia.common.errors import ConsortiaError
 from consortia.common.processes import ProcessGroup, stop_on_sigterm
-from consortia.common.settings import Task, load_run_settings, run_settings_from_json
-from consortia.server.audit_cli import audit_app
-from consortia.server.certs_cli import certs_app
-from consortia.server.progress import watch_run
-from consortia.server.report_cli import report_command
-from consortia.server.run_state import resume_target
-from consortia.server.server_security import (
+from consortia.server.audit.cli import audit_app
+from consortia.server.control import SuperLinkConnection, stop_run, stream_logs
+from consortia.server.launch.certs_cli import certs_app
+from consortia.server.launch.simulation import run_simulation
+from consortia.server.launch.submit import submit_run, write_app_dir
+from consortia.server.launch.superlink import (
+    DEFAULT_CONTROL_PORT,
+    DEFAULT_FLEET_PORT,
+    start_superlink,
+)
+from consortia.server.registry.cli import site_app
+from consortia.server.registry.server_security import (
     CA_FILE,
     DEFAULT_SERVER_CERTS,
     ServerSecurity,
     registry_dir,
 )
-from consortia.server.simulation import run_simulation
-from consortia.server.site_cli import site_app
-from consortia.server.submit import (
-    SuperLinkConnection,
-    stop_run,
-    stream_logs,
-    submit_run,
-    write_app_dir,
-)
-from consortia.server.superlink import (
-    DEFAULT_CONTROL_PORT,
-    DEFAULT_FLEET_PORT,
-    start_superlink,
-)
+from consortia.server.report.cli import report_command
+from consortia.server.report.progress import watch_run
+from consortia.server.run.state import resume_target
 
 __all__ = ["register"]
 
@@ -214,7 +209,7 @@ def demo_command(
     """A whole federation on this machine on synthetic data (SuperLink + SuperNodes)."""
     # Here, not at the top: the demo's report loads MONAI and matplotlib, which the other
     # `consortia` commands start without.
-    from consortia.server.demo import DemoOptions, run_demo
+    from consortia.server.launch.demo import DemoOptions, run_demo
 
     stop_on_sigterm()
     # ResNet-18 steps cost more than the small U-Net's; classification learns with fewer.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
-from tests.cli_federation import CliFederation
+from tests.support.cli_federation import CliFederation
 
 
 @pytest.fixture()

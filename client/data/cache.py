@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from consortia.client.site_data import SiteArrays
+from consortia.client.data.site_data import SiteArrays
 from consortia.common.files import sha256_file, write_atomic
 
 __all__ = ["ArrayCache", "FileHashCache"]

@@ -26,8 +26,8 @@ from consortia.client.data.manifest import (
     Selector,
 )
 from consortia.client.data.splits import hash_fraction, patient_split, split_conflicts
+from consortia.common.config.settings import Task
 from consortia.common.errors import ConfigError
-from consortia.common.settings import Task
 
 __all__ = ["CaseSpec", "ImageSource", "LabelSource", "case_files", "expand_cases", "image_stem"]
 

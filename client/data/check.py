@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from consortia.client.data.phi import PhiFinding
+from consortia.client.data.dicom.phi import PhiFinding
 from consortia.client.data.reader import CaseData, intensity_stats
 from consortia.client.data.splits import SPLITS
 

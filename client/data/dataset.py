@@ -30,6 +30,8 @@ from consortia.client.data.check import (
     passed_result,
     phi_key,
 )
+from consortia.client.data.dicom.phi import guard_file
+from consortia.client.data.formats.volume import CaseProblem
 from consortia.client.data.manifest import (
     DatasetInfo,
     Manifest,
@@ -38,13 +40,11 @@ from consortia.client.data.manifest import (
     PreprocessSettings,
     load_manifest,
 )
-from consortia.client.data.phi import guard_file
 from consortia.client.data.reader import CaseReader
+from consortia.client.data.site_data import SiteArrays, load_npz_splits
 from consortia.client.data.splits import SPLITS, patient_split, split_conflicts
-from consortia.client.data.volume import CaseProblem
-from consortia.client.site_data import SiteArrays, load_npz_splits
+from consortia.common.config.settings import Task
 from consortia.common.errors import DataError
-from consortia.common.settings import Task
 
 __all__ = ["PIPELINE_VERSION", "SiteDataset"]
 

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from consortia.common.config.settings import Task, format_validation_error
 from consortia.common.errors import ConfigError
-from consortia.common.settings import Task, format_validation_error
 
 __all__ = [
     "CaseEntry",

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from consortia.client.data.formats.volume import CaseProblem
 from consortia.client.data.manifest import PreprocessSettings
-from consortia.client.data.volume import CaseProblem
 
 __all__ = ["prepare_image", "prepare_label"]
 

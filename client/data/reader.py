@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from consortia.client.data.cases import CaseSpec, LabelSource
-from consortia.client.data.dicom_labels import read_seg_label
-from consortia.client.data.dicom_series import DicomSeries, read_dicom_folder, read_dicom_series
+from consortia.client.data.dicom.labels import read_seg_label
+from consortia.client.data.dicom.series import DicomSeries, read_dicom_folder, read_dicom_series
+from consortia.client.data.formats.nifti import read_nifti, read_nifti_label
+from consortia.client.data.formats.raster import NpzArchive, read_png, read_png_label
+from consortia.client.data.formats.volume import CaseProblem, ImageVolume
 from consortia.client.data.manifest import PreprocessSettings, SimulationSettings
-from consortia.client.data.nifti import read_nifti, read_nifti_label
 from consortia.client.data.preprocess import prepare_image, prepare_label
-from consortia.client.data.raster import NpzArchive, read_png, read_png_label
 from consortia.client.data.simulation import apply_acquisition_shift
-from consortia.client.data.volume import CaseProblem, ImageVolume
-from consortia.common.settings import Task
+from consortia.common.config.settings import Task
 
 __all__ = ["CaseData", "CaseReader", "intensity_stats"]
 

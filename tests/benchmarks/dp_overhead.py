@@ -4,7 +4,7 @@ For each model it builds three copies with the same weights and one fixed batch,
 a training step of each, side by side (round-robin: every round runs one step of every
 variant, so a burst of load on the machine hits all of them):
 
-- ``non_dp``: our normal step (``consortia.client.trainer.train_local``): forward, loss,
+- ``non_dp``: our normal step (``consortia.client.training.trainer.train_local``): forward, loss,
   backward, Adam step (under ``common.device.autocast``: bfloat16 on CUDA, none on CPU);
 - ``opacus_default``: DP-SGD as Opacus ships it (``PrivacyEngine.make_private`` with
   ``grad_sample_mode="hooks"``, the model as built by ``build_model``);
@@ -49,12 +49,12 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from consortia.client.dp_engine import PrivateStep, make_private_step
-from consortia.client.trainer import loss_function, normalize_images
-from consortia.common.device import autocast
+from consortia.client.privacy.dp_engine import PrivateStep, make_private_step
+from consortia.client.training.trainer import loss_function, normalize_images
+from consortia.common.config.settings import Task
 from consortia.common.logs import setup_logging
-from consortia.common.models import ModelSettings, build_model
-from consortia.common.settings import Task
+from consortia.common.networks.device import autocast
+from consortia.common.networks.models import ModelSettings, build_model
 
 __all__ = ["MODELS", "main"]
 

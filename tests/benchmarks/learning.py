@@ -8,7 +8,7 @@ Studies (simulated sites of public data; configs/real/, docs/data.md):
 - ``pneumoniamnist``: PneumoniaMNIST (2D, 2 classes), ``configs/real/run-pneumoniamnist.toml``
   without DP.
 
-Every mode uses the site code (`consortia.client.trainer`: the same data loading,
+Every mode uses the site code (`consortia.client.training.trainer`: the same data loading,
 preprocessing, loss, optimiser and learning-rate schedule as a node) in one process:
 
 - ``federated``: FedAvg over the training sites' updates, weighted by their example counts
@@ -46,12 +46,12 @@ import torch
 from torch import nn
 
 from consortia.client.data.dataset import SiteDataset
-from consortia.client.site_data import SiteArrays
-from consortia.client.trainer import RoundRecipe, evaluate_local, train_local
-from consortia.common.lr_schedule import Schedule
-from consortia.common.metrics import finalize_classification, finalize_segmentation
-from consortia.common.models import build_model
-from consortia.common.settings import RunSettings, Task, load_run_settings
+from consortia.client.data.site_data import SiteArrays
+from consortia.client.training.trainer import RoundRecipe, evaluate_local, train_local
+from consortia.common.config.lr_schedule import Schedule
+from consortia.common.config.settings import RunSettings, Task, load_run_settings
+from consortia.common.metrics.exact import finalize_classification, finalize_segmentation
+from consortia.common.networks.models import build_model
 
 __all__ = ["STUDIES", "Study", "federated", "load_study", "local_only", "main", "pooled"]
 
@@ -86,16 +86,16 @@ class Study:
 
 def demo_settings() -> RunSettings:
     """The run settings `consortia demo --no-dp` uses."""
-    from consortia.server.demo import DemoOptions, demo_run_settings
+    from consortia.server.launch.demo import DemoOptions, demo_run_settings
 
     return demo_run_settings(DemoOptions(dp=False), "demo")
 
 
 def _load_demo(cache_dir: Path, settings: RunSettings) -> Study:
     """`consortia demo`'s synthetic sites (0-2 train, 3 held out), generated as it does."""
-    from consortia.client.site_data import load_npz_splits
-    from consortia.common.demo_data import DemoDataSettings, write_site_npz
-    from consortia.server.demo import DemoOptions
+    from consortia.client.data.site_data import load_npz_splits
+    from consortia.common.demo.data import DemoDataSettings, write_site_npz
+    from consortia.server.launch.demo import DemoOptions
 
     options = DemoOptions(dp=False)
     data = DemoDataSettings(

@@ -3,8 +3,8 @@ side for every attack and strategy, in one run.
 
 Five training sites and one held-out site on synthetic demo data (32x32, 64 training
 cases per site, 2D U-Net with channels [8, 16], no DP, plain aggregation), exactly the
-federation of tests/test_e2e_attacks.py. Site `site-4` sends its honest update, a
-sign-flipped one or a x100 one (`tests/attack_app`: a ClientApp mod in the run's FAB;
+federation of tests/e2e/test_attacks.py. Site `site-4` sends its honest update, a
+sign-flipped one or a x100 one (`tests/support/attack_app`: a ClientApp mod in the run's FAB;
 Consortia's ServerApp and ClientApp are unchanged). For every attack in (none, sign_flip,
 scale_100) and strategy in (fedavg, median, trimmed_mean, krum, multi_krum) it runs the
 study with the server's norm check off (`[run.validation] outlier_factor = 0`, so the
@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from consortia.common.logs import setup_logging
-from tests.attack_app.app_dir import Attack
-from tests.attack_app.malicious_client import ATTACKS, NO_ATTACK
-from tests.attacks import (
+from tests.support.attack_app.app_dir import Attack
+from tests.support.attack_app.malicious_client import ATTACKS, NO_ATTACK
+from tests.support.attacks import (
     ATTACKER,
     SimulatedFederation,
     final_holdout_dice,
@@ -50,7 +50,7 @@ from tests.attacks import (
     run_config,
     write_sites,
 )
-from tests.cli_federation import CliFederation
+from tests.support.cli_federation import CliFederation
 
 __all__ = ["STRATEGIES", "main", "summarise"]
 

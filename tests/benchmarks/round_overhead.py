@@ -37,7 +37,7 @@ import torch
 from rich.console import Console
 
 from consortia.common.logs import setup_logging
-from consortia.server.demo import DemoOptions, run_demo
+from consortia.server.launch.demo import DemoOptions, run_demo
 
 
 def measure(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

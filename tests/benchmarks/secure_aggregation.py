@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from consortia.client.secagg_client import SecAggClient
+from consortia.client.secure_aggregation.session import SecAggClient
 from consortia.common.logs import setup_logging
-from consortia.common.models import build_model
-from consortia.common.secagg_config import SecAggConfig, default_threshold
-from consortia.common.weights import WeightLayout
-from consortia.server.demo import DemoOptions, demo_run_settings, run_demo
-from consortia.server.secagg_server import SecAggServer
+from consortia.common.networks.models import build_model
+from consortia.common.networks.weights import WeightLayout
+from consortia.common.secure_aggregation.config import SecAggConfig, default_threshold
+from consortia.server.launch.demo import DemoOptions, demo_run_settings, run_demo
+from consortia.server.secure_aggregation.session import SecAggServer
 
 __all__ = ["main", "protocol_timings", "run_pair"]
 

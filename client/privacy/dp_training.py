@@ -1,0 +1,172 @@
+"""DP-SGD local training with Opacus: the training hook, kept apart from the privacy math
+(`consortia.common.privacy.accounting`) and the bookkeeping (`privacy_ledger`).
+
+Every step samples each training example independently (Poisson sampling, as the
+accountant assumes), clips each example's gradient to `max_grad_norm` and adds Gaussian
+noise of standard deviation `noise_multiplier * max_grad_norm`. The sampling and the
+noise draw from a seed taken from the operating system's CSPRNG each round, never from
+the run's (server-known) seed. The Opacus accountant is restored from the data set's
+history before training and read back after it, so epsilon keeps accumulating.
+
+The sum of the clipped per-example gradients comes from the engine `DPRound.grad_sample_mode`
+names (`consortia.client.privacy.dp_engine`); by default our fused engine, which computes the same
+clipped sum as Opacus' per-example gradients at a fraction of the cost (docs/performance.md,
+"Differential privacy overhead"). The noise, the optimizer and the accountant are Opacus'.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from consortia.client.data.site_data import SiteArrays
+from consortia.client.privacy.dp_engine import make_private_step, resolve_mode
+from consortia.client.training.trainer import (
+    ProximalTerm,
+    RoundRecipe,
+    TrainResult,
+    loss_function,
+    normalize_images,
+)
+from consortia.common.config.privacy_settings import Accountant
+from consortia.common.config.settings import Task
+from consortia.common.networks.device import autocast
+from consortia.common.privacy.accounting import HistoryEntry, epsilon_of, make_accountant
+
+__all__ = ["DPRound", "DPSpend", "GradSampleMode", "train_local_dp"]
+
+#: The per-example clipping engine (`consortia.client.privacy.dp_engine`): "auto" (default: our
+#: fused engine when every layer has a rule, else Opacus' "hooks"), "fused", or one of
+#: Opacus' grad_sample_modes "hooks" (Opacus' default), "functorch", "ew", "ghost".
+GradSampleMode = str
+
+
+@dataclass(frozen=True)
+class DPRound:
+    """What one round of DP-SGD at a site uses."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    delta: float
+    accountant: Accountant
+    history: tuple[HistoryEntry, ...] = ()
+    grad_sample_mode: GradSampleMode = "auto"
+
+
+@dataclass(frozen=True)
+class DPSpend:
+    """What the round spent: its own accountant steps and the data set's new total."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    epsilon: float
+    accountant: Accountant
+    max_grad_norm: float
+
+    def history_entry(self) -> HistoryEntry:
+        return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+def train_local_dp(
+    model: nn.Module,
+    data: SiteArrays,
+    task: Task,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    device: torch.device,
+    dp: DPRound,
+    proximal_mu: float = 0.0,
+    recipe: RoundRecipe | None = None,
+) -> tuple[TrainResult, DPSpend]:
+    """`epochs` epochs of DP-SGD (`recipe` on the privatized gradients, default
+    Adam at `learning_rate`; the rate schedule touches no privacy accounting) on the training split;
+    `model` holds the trained weights afterwards (a plain module: same state_dict keys,
+    no hooks). With `proximal_mu` > 0, FedProx's term around the entry weights adds its
+    gradient after clipping and noise (`ProximalTerm`): same privacy spend."""
+    if len(data) == 0:
+        raise ValueError("the training split is empty")
+    resolve_mode(model, dp.grad_sample_mode)  # an unknown mode fails before any work
+    torch.manual_seed(secrets.randbits(63))  # Poisson sampling and noise: unpredictable
+    model.to(device).train()
+    plan = recipe or RoundRecipe.constant(learning_rate)
+    optimizer = plan.build(model)
+    # A step pre-hook of the wrapped optimizer: it runs after Opacus' DPOptimizer has
+    # clipped, noised and averaged the data gradient (DPOptimizer.step -> pre_step ->
+    # original_optimizer.step), for every engine and for empty Poisson batches alike.
+    ProximalTerm(model, proximal_mu).attach(optimizer)
+    dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(data.targets))
+    # No seeded generator (unlike `trainer`'s loader): Opacus' Poisson sampler inherits
+    # the loader's generator, and the batches must not be predictable from the run seed.
+    loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(dataset, batch_size=batch_size)
+    with warnings.catch_warnings():
+        # Opacus' reminder about secure_mode: its CSPRNG (torchcsprng) is unmaintained;
+        # the module docstring says where our randomness comes from instead.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=dp.accountant)
+    engine.accountant = make_accountant(dp.accountant, dp.history)
+    steps_before = _steps(engine.accountant.history)
+    step = make_private_step(
+        model,
+        optimizer,
+        loss_function(task),
+        loader,
+        engine=engine,
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        mode=dp.grad_sample_mode,
+        autocast=lambda: autocast(device),
+    )
+    sample_rate = 1.0 / len(loader)
+    expected_steps = epochs * len(loader)  # Poisson batches: len(loader) steps an epoch
+    augment = plan.augmenter(secrets.randbits(63))
+    start = time.perf_counter()
+    total_loss, batches, taken = 0.0, 0, 0
+    try:
+        for _ in range(epochs):
+            for images, targets in step.loader:
+                plan.set_rate(optimizer, taken, expected_steps)
+                taken += 1
+                if len(images):  # an empty Poisson batch still takes its (noise) step
+                    images = normalize_images(images)
+                if task is Task.SEGMENTATION:
+                    targets = targets.unsqueeze(1)
+                # Per example, after sampling: no effect on the accounting.
+                images, targets = augment(images, targets)
+                images, targets = images.to(device), targets.to(device)
+                loss = step(images, targets)
+                if loss is not None:
+                    total_loss += loss
+                    batches += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        compute_s = time.perf_counter() - start
+    finally:
+        step.close()
+    steps = _steps(engine.accountant.history) - steps_before
+    history = [*dp.history, (dp.noise_multiplier, sample_rate, steps)]
+    spend = DPSpend(
+        noise_multiplier=dp.noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=dp.delta,
+        epsilon=epsilon_of(history, dp.delta, dp.accountant),
+        accountant=dp.accountant,
+        max_grad_norm=dp.max_grad_norm,
+    )
+    return TrainResult(len(data), total_loss / max(batches, 1), compute_s), spend
+
+
+def _steps(history: Sequence[HistoryEntry]) -> int:
+    return sum(int(entry[2]) for entry in history)

@@ -1,0 +1,131 @@
+"""The coordinator's Flower ServerApp (Message API): wires settings, run folder, loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from consortia.common.audit.log import RUN_FAILED, RUN_FINISHED, RUN_STARTED
+from consortia.common.config.settings import run_settings_from_json
+from consortia.common.crypto.certificates import load_server_key
+from consortia.common.errors import ConsortiaError
+from consortia.common.logs import add_file_handler, setup_logging, utc_now
+from consortia.common.wire import records as rk
+from consortia.common.wire.run_identity import RunIdentity, app_hash_details
+from consortia.server.exchange.reply_verifier import ReplyVerifier
+from consortia.server.launch.superlink import RUNS_DIR_ENV
+from consortia.server.registry.server_security import ServerSecurity
+from consortia.server.registry.site_registry import SiteRegistry
+from consortia.server.run.federation import Federation
+from consortia.server.run.folder import RunFolder
+from consortia.server.run.provenance import write_run_provenance
+from consortia.server.run.state import RunState
+
+__all__ = ["RUNS_DIR_ENV", "app", "runs_dir"]
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+logger = logging.getLogger("consortia.server")
+
+app = ServerApp()
+
+
+def runs_dir() -> Path:
+    """Where this server keeps run folders: set by `consortia server start`."""
+    return Path(os.environ.get(RUNS_DIR_ENV) or Path.home() / ".consortia" / "runs")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run one study as described by the coordinator's run config."""
+    setup_logging()
+    settings = run_settings_from_json(str(context.run_config[rk.RUN_CONFIG_SETTINGS]))
+    run_name = str(context.run_config.get(rk.RUN_CONFIG_RUN_NAME) or f"flwr-{context.run_id}")
+    if not _RUN_NAME.fullmatch(run_name):
+        raise ConsortiaError(f"run config: {rk.RUN_CONFIG_RUN_NAME}: invalid run name")
+    folder_path = runs_dir() / run_name
+    security = ServerSecurity.from_env()
+    if security is not None:
+        load_server_key(security.key)  # fail now, not when the provenance is signed
+    identity = RunIdentity.of(settings)
+    protection = {
+        "tls": security is not None,
+        "site_authentication": security is not None,
+        "signed_updates": security is not None,
+    }
+    resume = str(context.run_config.get(rk.RUN_CONFIG_RESUME, "")).lower() == "true"
+    if resume:
+        folder, state = _reopen(folder_path, identity.config_hash, context.run_id)
+        add_file_handler(folder_path / "server.log")
+        logger.info("resuming run %s after round %d", run_name, state.round)
+    else:
+        state = None
+        folder = RunFolder(
+            folder_path,
+            {
+                "run_name": run_name,
+                "flower_run_id": context.run_id,
+                "task": settings.task.value,
+                "settings": settings.model_dump(mode="json"),
+                "config_hash": identity.config_hash,
+                "app": app_hash_details(),
+                "security": protection,
+            },
+        )
+        add_file_handler(folder_path / "server.log")
+        folder.event(
+            RUN_STARTED,
+            run_name=run_name,
+            flower_run_id=context.run_id,
+            rounds=settings.rounds,
+            config_hash=identity.config_hash,
+            app_hash=identity.app_hash,
+            **protection,
+        )
+    if security is None:
+        logger.warning("insecure server: no TLS, no site authentication, unsigned updates")
+    verifier = ReplyVerifier(
+        None if security is None else SiteRegistry(security.registry_dir), context.run_id
+    )
+    federation = Federation(
+        grid, settings, folder, verifier=verifier, identity=identity, resume_from=state
+    )
+    try:
+        federation.run()
+    except BaseException as err:
+        logger.error("run %s failed: %s", run_name, err)
+        folder.event(RUN_FAILED, reason=str(err))
+        folder.finish("failed", error=str(err))
+        write_run_provenance(folder, settings, identity, security)
+        raise
+    status = "completed" if federation.stopped is None else "stopped"
+    folder.event(RUN_FINISHED, status=status)
+    folder.finish(status)
+    write_run_provenance(folder, settings, identity, security)
+    if federation.stopped is not None:
+        logger.error(
+            "run %s stopped: %s; resume it with `consortia run --resume %s`",
+            run_name,
+            federation.stopped,
+            folder_path,
+        )
+        return
+    logger.info("run %s completed; results in %s", run_name, folder_path)
+
+
+def _reopen(path: Path, config_hash: str, flower_run_id: int) -> tuple[RunFolder, RunState]:
+    """The run folder and state of a run to resume (checked before anything is sent)."""
+    folder = RunFolder.reopen(path)
+    state = RunState.load(path, config_hash)
+    folder.results.pop("stopped", None)
+    folder.results["status"] = "running"
+    folder.results["finished_at"] = None
+    folder.results.setdefault("resumed", []).append(
+        {"at": utc_now(), "flower_run_id": flower_run_id, "after_round": state.round}
+    )
+    folder.save()
+    return folder, state

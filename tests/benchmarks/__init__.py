@@ -1,0 +1,1 @@
+"""Benchmarks that write JSON (learning, round overhead, secure aggregation, DP, robustness)."""

@@ -1,0 +1,1 @@
+"""Shared test support: builders, process helpers, attack apps, DICOM factories."""

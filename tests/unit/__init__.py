@@ -1,0 +1,1 @@
+"""Unit tests: one module or concept each, no long-running processes."""
