@@ -35,6 +35,7 @@ RUN set -eu; \
     esac
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY src/ src/
 COPY common/ common/
 COPY server/ server/
 COPY client/ client/

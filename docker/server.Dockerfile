@@ -25,6 +25,7 @@ ENV PATH=/opt/consortia/bin:$PATH
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY src/ src/
 COPY common/ common/
 COPY server/ server/
 COPY client/ client/

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from consortia.common.config.settings import Task, load_run_settings, run_settings_from_json
+from consortia.common.config.settings import (
+    RunSettings,
+    Task,
+    load_run_settings,
+    run_settings_from_json,
+)
 from consortia.common.errors import ConsortiaError
 from consortia.common.processes import ProcessGroup, stop_on_sigterm
 from consortia.server.audit.cli import audit_app
@@ -34,7 +40,6 @@ from consortia.server.registry.server_security import (
 )
 from consortia.server.report.cli import report_command
 from consortia.server.report.progress import watch_run
-from consortia.server.run.state import resume_target
 
 __all__ = ["register"]
 
@@ -142,33 +147,91 @@ def run_command(
     ] = None,
 ) -> None:
     """Submit a study to a running server and follow it (or simulate it locally)."""
-    crashed_run: int | None = None
+    _submit(
+        _RunRequest(
+            run_config=run_config,
+            superlink=superlink,
+            runs_dir=runs_dir,
+            wait=wait,
+            ca=ca,
+            insecure=insecure,
+            simulation=simulation,
+            resume=resume,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class _RunRequest:
+    """The options of `consortia run` (see `run_command`)."""
+
+    run_config: Path | None
+    superlink: str
+    runs_dir: Path | None
+    wait: bool
+    ca: Path
+    insecure: bool
+    simulation: Path | None
+    resume: Path | None
+
+
+@dataclass(frozen=True)
+class _Study:
+    """What to submit: the settings, the run's name, the Flower run to stop (a resumed run's
+    crashed one) and the runs folder to follow it in."""
+
+    settings: RunSettings
+    run_name: str
+    crashed_run: int | None
+    runs_dir: Path | None
+
+
+def _study(request: _RunRequest) -> _Study:
+    """The study that `request` names: a run config, or a run folder to resume."""
+    run_config, resume = request.run_config, request.resume
     if resume is not None and run_config is None:
+        from consortia.server.run.state import resume_target  # loads torch: here, not on top
+
         target = resume_target(resume)
-        settings = run_settings_from_json(target.settings_json)
-        run_name, crashed_run = target.run_name, target.flower_run_id
-        runs_dir = runs_dir or resume.parent
-        console.print(f"Resuming {run_name} after round {target.last_round}.")
-    elif run_config is not None and resume is None:
+        study = _Study(
+            settings=run_settings_from_json(target.settings_json),
+            run_name=target.run_name,
+            crashed_run=target.flower_run_id,
+            runs_dir=request.runs_dir or resume.parent,
+        )
+        console.print(f"Resuming {target.run_name} after round {target.last_round}.")
+        return study
+    if run_config is not None and resume is None:
         settings = load_run_settings(run_config)
         run_name = f"{settings.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-    else:
-        raise typer.BadParameter("give a run config, or --resume RUN_DIR (not both)")
+        return _Study(settings, run_name, None, request.runs_dir)
+    raise typer.BadParameter("give a run config, or --resume RUN_DIR (not both)")
+
+
+def _submit(request: _RunRequest) -> None:
+    """Run `consortia run`: simulate the study, or submit it and follow it."""
+    study = _study(request)
+    settings, run_name, runs_dir = study.settings, study.run_name, study.runs_dir
     work = Path.home() / ".consortia" / "submissions" / f"{run_name}-{time.time_ns()}"
-    if simulation is not None and resume is not None:
+    if request.simulation is not None and request.resume is not None:
         raise typer.BadParameter("--resume runs on a server, not with --simulation")
-    if simulation is not None:
+    if request.simulation is not None:
         stop_on_sigterm()
-        run_simulation(settings, run_name, simulation, runs_dir or Path("runs"), work, console)
+        run_simulation(
+            settings, run_name, request.simulation, runs_dir or Path("runs"), work, console
+        )
         return
-    app_dir = write_app_dir(work / "app", settings, run_name, resume=resume is not None)
-    connection = SuperLinkConnection.of(superlink, work / "flwr", None if insecure else ca)
-    if crashed_run is not None:
+    app_dir = write_app_dir(work / "app", settings, run_name, resume=request.resume is not None)
+    ca = None if request.insecure else request.ca
+    connection = SuperLinkConnection.of(request.superlink, work / "flwr", ca)
+    if study.crashed_run is not None:
         with contextlib.suppress(ConsortiaError):  # the crashed run may be gone already
-            stop_run(crashed_run, connection)
+            stop_run(study.crashed_run, connection)
     run_id = submit_run(app_dir, connection)
-    console.print(f"Submitted run [bold]{run_name}[/] (Flower run {run_id}) to {superlink}.")
-    if not wait:
+    console.print(
+        f"Submitted run [bold]{run_name}[/] (Flower run {run_id}) to {request.superlink}."
+    )
+    if not request.wait:
         console.print(f"The server writes its results to <runs dir>/{run_name}/")
         return
     if runs_dir is not None:

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures (the e2e tests' federations are in tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
-
-from tests.support.cli_federation import CliFederation
-
-
-@pytest.fixture()
-def federation(tmp_path: Path) -> Iterator[CliFederation]:
-    """A federation driven through the CLI; every process is stopped afterwards."""
-    fed = CliFederation(tmp_path)
-    try:
-        yield fed
-    finally:
-        fed.stop()
 
 
 @pytest.fixture()

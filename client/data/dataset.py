@@ -38,6 +38,7 @@ from consortia.client.data.manifest import (
     ManifestFile,
     NpzSource,
     PreprocessSettings,
+    SplitRule,
     load_manifest,
 )
 from consortia.client.data.reader import CaseReader
@@ -93,6 +94,73 @@ def _legacy_manifest(path: Path) -> ManifestFile:
         npz=(NpzSource(file=Path(path.name)),),
     )
     return ManifestFile(path=path, data=b"", manifest=manifest)
+
+
+def _phi_keys(case: CaseSpec) -> list[str]:
+    """PHI findings (as report keys) over the case's DICOM files."""
+    paths: list[Path] = []
+    image = case.image.path
+    if case.image.kind == "dicom" and image.is_dir():
+        paths.extend(sorted(p for p in image.rglob("*") if p.is_file()))
+    elif case.image.kind == "dicom":
+        paths.append(image)
+    if case.label is not None and case.label.kind == "seg" and case.label.path is not None:
+        paths.append(case.label.path)
+    keys: list[str] = []
+    for path in paths:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        try:
+            keys.extend(phi_key(finding) for finding in guard_file(path))
+        except CaseProblem as problem:  # not DICOM: reported when the case is read
+            logger.debug("PHI guard skipped %s: %s", path, problem.reason)
+    return keys
+
+
+def _resolve_splits(read: list[_Read], rule: SplitRule) -> list[_Read]:
+    """Give rule-split cases the split of their DICOM patient; leave out every case of
+    a patient whose explicit splits disagree."""
+    for item in read:
+        if item.result.ok and item.result.split is None:
+            patient = item.case.patient or item.patient or item.case.id
+            item.result = replace(item.result, split=patient_split(patient, rule))
+    conflicts = split_conflicts(
+        (known, str(item.result.split))
+        for item in read
+        if item.result.ok and (known := item.case.patient or item.patient) is not None
+    )
+    for item in read:
+        splits = conflicts.get(item.case.patient or item.patient or "")
+        if splits and item.result.ok:
+            reason = (
+                f"the patient of this case has cases in splits {', '.join(splits)}; "
+                "all cases of a patient must be in one split"
+            )
+            path = str(item.case.image.path)
+            item.result = failed_result(item.case.id, item.result.split, path, reason)
+    return read
+
+
+def _split_arrays(scan: _Scan, task: Task, size: PreprocessSettings) -> dict[str, SiteArrays]:
+    """The arrays a scan kept, stacked as one SiteArrays per split (empty ones included)."""
+    arrays: dict[str, SiteArrays] = {}
+    for split in SPLITS:
+        items = scan.arrays.get(split, [])
+        images = (
+            np.stack([image for image, _ in items])
+            if items
+            else np.zeros((0, size.channels, *size.spatial_size), np.float32)
+        )
+        if task is Task.SEGMENTATION:
+            targets = (
+                np.stack([np.asarray(t) for _, t in items])
+                if items
+                else np.zeros((0, *size.spatial_size), np.int64)
+            )
+        else:
+            targets = np.asarray([int(t) for _, t in items], dtype=np.int64)
+        arrays[split] = SiteArrays(images.astype(np.float32), targets.astype(np.int64))
+    return arrays
 
 
 class SiteDataset:
@@ -183,32 +251,12 @@ class SiteDataset:
             label_names=info.labels,
         )
 
-    def _guard(self, case: CaseSpec) -> list[str]:
-        """PHI findings (as report keys) over the case's DICOM files."""
-        paths: list[Path] = []
-        image = case.image.path
-        if case.image.kind == "dicom" and image.is_dir():
-            paths.extend(sorted(p for p in image.rglob("*") if p.is_file()))
-        elif case.image.kind == "dicom":
-            paths.append(image)
-        if case.label is not None and case.label.kind == "seg" and case.label.path is not None:
-            paths.append(case.label.path)
-        keys: list[str] = []
-        for path in paths:
-            if not path.is_file() or path.name.startswith("."):
-                continue
-            try:
-                keys.extend(phi_key(finding) for finding in guard_file(path))
-            except CaseProblem as problem:  # not DICOM: reported when the case is read
-                logger.debug("PHI guard skipped %s: %s", path, problem.reason)
-        return keys
-
     def _scan(self, task: Task, *, keep: bool, on_case: Callable[[int, int], None] | None) -> _Scan:
         reader = self._reader(task)
         scan = _Scan(results=[], phi=Counter())
         read: list[_Read] = []
         for done, case in enumerate(self.cases, start=1):
-            keys = self._guard(case)
+            keys = _phi_keys(case)
             scan.phi.update(keys)
             item = _Read(case, None, None, failed_result(case.id, case.split, "", ""))
             try:
@@ -227,35 +275,11 @@ class SiteDataset:
             read.append(item)
             if on_case is not None:
                 on_case(done, len(self.cases))
-        for item in self._resolve_splits(read):
+        for item in _resolve_splits(read, self.manifest.manifest.split):
             scan.results.append(item.result)
             if item.result.ok and item.arrays is not None:
                 scan.arrays.setdefault(str(item.result.split), []).append(item.arrays)
         return scan
-
-    def _resolve_splits(self, read: list[_Read]) -> list[_Read]:
-        """Give rule-split cases the split of their DICOM patient; leave out every case of
-        a patient whose explicit splits disagree."""
-        rule = self.manifest.manifest.split
-        for item in read:
-            if item.result.ok and item.result.split is None:
-                patient = item.case.patient or item.patient or item.case.id
-                item.result = replace(item.result, split=patient_split(patient, rule))
-        conflicts = split_conflicts(
-            (known, str(item.result.split))
-            for item in read
-            if item.result.ok and (known := item.case.patient or item.patient) is not None
-        )
-        for item in read:
-            splits = conflicts.get(item.case.patient or item.patient or "")
-            if splits and item.result.ok:
-                reason = (
-                    f"the patient of this case has cases in splits {', '.join(splits)}; "
-                    "all cases of a patient must be in one split"
-                )
-                path = str(item.case.image.path)
-                item.result = failed_result(item.case.id, item.result.split, path, reason)
-        return read
 
     # --- the API the node uses ------------------------------------------------------------
 
@@ -310,24 +334,7 @@ class SiteDataset:
 
     def _stack(self, scan: _Scan, task: Task) -> tuple[dict[str, SiteArrays], dict[str, Any]]:
         """The passing cases of a scan as one SiteArrays per split, and the cache index."""
-        arrays: dict[str, SiteArrays] = {}
-        for split in SPLITS:
-            items = scan.arrays.get(split, [])
-            size = self.manifest.manifest.preprocess
-            images = (
-                np.stack([image for image, _ in items])
-                if items
-                else np.zeros((0, size.channels, *size.spatial_size), np.float32)
-            )
-            if task is Task.SEGMENTATION:
-                targets = (
-                    np.stack([np.asarray(t) for _, t in items])
-                    if items
-                    else np.zeros((0, *size.spatial_size), np.int64)
-                )
-            else:
-                targets = np.asarray([int(t) for _, t in items], dtype=np.int64)
-            arrays[split] = SiteArrays(images.astype(np.float32), targets.astype(np.int64))
+        arrays = _split_arrays(scan, task, self.manifest.manifest.preprocess)
         failed = sum(1 for r in scan.results if not r.ok)
         if failed:
             logger.warning(

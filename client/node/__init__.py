@@ -40,6 +40,9 @@ if TYPE_CHECKING:
         default_state_dir as default_state_dir,
     )
     from consortia.client.node.supernode import (
+        main as main,
+    )
+    from consortia.client.node.supernode import (
         run_node as run_node,
     )
     from consortia.client.node.supernode import (
@@ -53,9 +56,6 @@ if TYPE_CHECKING:
     )
     from consortia.client.node.warm_executor import (
         WarmExecutor as WarmExecutor,
-    )
-    from consortia.client.node.warm_executor import (
-        main as main,
     )
 
 __all__ = [
@@ -80,7 +80,7 @@ _EXPORTS = {
     "WarmExecutor": "warm_executor",
     "check_server_connection": "connection_check",
     "default_state_dir": "supernode",
-    "main": "warm_executor",
+    "main": "supernode",
     "node_audit_for": "audit",
     "recorded_spending": "audit",
     "run_node": "supernode",

@@ -1,4 +1,13 @@
-"""A hospital's node: a Flower SuperNode (process isolation) plus our warm executor."""
+"""A hospital's node: a Flower SuperNode (process isolation) plus our warm executor.
+
+With the warm executor the SuperNode runs as ``python -m consortia.client.node.supernode``:
+Flower's own ``flower-supernode`` entry point, unchanged, except that its Fleet client's
+``PullObject`` waits out objects the ServerApp is still uploading (`ObjectPull`, a poll
+every 50 ms) instead of Flower's object-pull backoff from 1 s. The SuperLink shows a
+message to the SuperNodes before its objects are uploaded, so a SuperNode that polls in
+that window would otherwise receive its task a second or more late. With
+``executor = "subprocess"`` the node is plain Flower (``flower-supernode``).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +23,13 @@ from consortia.common.config.settings import SiteSettings
 from consortia.common.errors import ConsortiaError
 from consortia.common.processes import ManagedProcess, ProcessGroup, process_env, wait_for_port
 from consortia.common.wire import records as rk
+from consortia.common.wire.object_pull import ObjectPull
 
-__all__ = ["default_state_dir", "run_node", "start_node_processes", "supernode_args"]
+__all__ = ["default_state_dir", "main", "run_node", "start_node_processes", "supernode_args"]
+
+SUPERNODE_MODULE = "consortia.client.node.supernode"
+# How often the SuperNode asks the SuperLink again for an object still being uploaded.
+FLEET_OBJECT_POLL_S = 0.05
 
 # After a crash, the server keeps a node "online" until it misses two heartbeats (Flower:
 # 2 x 30 s) and refuses to activate it again before; a restarted node retries this long.
@@ -47,8 +61,12 @@ def default_state_dir(site: SiteSettings) -> Path:
 
 def supernode_args(site: SiteSettings, site_config: Path, runtime_port: int) -> list[str]:
     """Command line of the Flower SuperNode for this site."""
+    if site.node.executor == "warm":
+        launcher = [sys.executable, "-m", SUPERNODE_MODULE]
+    else:
+        launcher = [str(Path(sys.executable).with_name("flower-supernode"))]
     args = [
-        str(Path(sys.executable).with_name("flower-supernode")),
+        *launcher,
         "--superlink",
         site.node.superlink,
         "--isolation",
@@ -173,3 +191,17 @@ def run_node(
             REJOIN_RETRY_S,
         )
         time.sleep(REJOIN_RETRY_S)
+
+
+def main() -> None:
+    """Flower's ``flower-supernode`` (its own arguments), with object pulls from the
+    SuperLink that wait out uploads still in progress."""
+    from flwr.supernode.cli import flower_supernode
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+
+    ObjectPull.wrap_class(FleetHttpClient, poll_s=FLEET_OBJECT_POLL_S)
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()

@@ -9,8 +9,15 @@ unchanged (same protocol, same token handling, same FAB installation). Each task
 gets a fresh process (a crash or leak in one task cannot affect the next), without
 the import cost.
 
-The Runtime API calls used here (``AcquireTask``) are Flower internals of the 1.41 line;
-pyproject pins ``flwr>=1.41,<1.42`` for that reason.
+Flower's ``run_clientapp`` module is imported in the parent too, so a task's child starts
+pulling its message at once. The SuperNode makes a task acquirable before it has pulled
+the task's message objects from the SuperLink; a child that asks in between would wait
+out Flower's object-pull backoff (1 s, then 2 s, ...). Each child therefore wraps the
+Runtime API client's ``PullObject`` with `ObjectPull`, which asks again every 20 ms while
+an object is still arriving (same objects, same checks).
+
+The Runtime API calls used here (``AcquireTask``, ``PullObject``) are Flower internals of
+the 1.41 line; pyproject pins ``flwr>=1.41,<1.42`` for that reason.
 """
 
 from __future__ import annotations
@@ -32,7 +39,12 @@ __all__ = ["NUM_THREADS_ENV", "WarmExecutor", "main"]
 logger = logging.getLogger("consortia.client.executor")
 
 NUM_THREADS_ENV = "CONSORTIA_NUM_THREADS"
-DEFAULT_PRELOAD = ("torch", "monai", "consortia.client.client_app")
+DEFAULT_PRELOAD = (
+    "torch",
+    "monai",
+    "consortia.client.client_app",
+    "flwr.supernode.runtime.run_clientapp",
+)
 # The app hash is computed once per node process: every task checks the run's approval
 # against the code that was loaded, not files that changed on disk since.
 DEFAULT_PREWARM = (
@@ -100,8 +112,12 @@ class WarmExecutor:
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            from flwr.supercore.runtime import RuntimeHttpClient
             from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+            from consortia.common.wire.object_pull import ObjectPull
+
+            ObjectPull.wrap_class(RuntimeHttpClient)
             certificates = self.root_certificates.read_bytes() if self.root_certificates else None
             run_clientapp(
                 runtime_api_address=self.runtime_api_address,

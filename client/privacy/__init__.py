@@ -9,7 +9,8 @@ The modules, one concept each:
   cost this site, and whether it is likely to learn, before any budget is spent.
 - ``dp_engine``: One DP-SGD step, with the per-example clipping engine chosen per model.
 - ``dp_training``: DP-SGD local training with Opacus: the training hook, kept apart from the
-  privacy math (`consortia.common.privacy.accounting`) and the bookkeeping (`privacy_ledger`).
+  privacy math (`consortia.common.privacy.accounting`) and the bookkeeping
+  (`consortia.common.privacy.ledger`).
 - ``evaluation_allowance``: How often a site evaluates for one approved study: the evaluation
   oracle is bounded (red-team F4).
 - ``per_sample_clipping``: Per-example gradient clipping for DP-SGD in one backward pass,
@@ -21,6 +22,9 @@ from typing import TYPE_CHECKING
 from consortia.common.faces import lazy_face
 
 if TYPE_CHECKING:
+    from consortia.client.privacy.budget import (
+        PrivacyBudget as PrivacyBudget,
+    )
     from consortia.client.privacy.budget import (
         PrivacyRefusedError as PrivacyRefusedError,
     )
@@ -53,9 +57,6 @@ if TYPE_CHECKING:
     )
     from consortia.client.privacy.dp_training import (
         DPRound as DPRound,
-    )
-    from consortia.client.privacy.dp_training import (
-        DPSpend as DPSpend,
     )
     from consortia.client.privacy.dp_training import (
         GradSampleMode as GradSampleMode,
@@ -92,12 +93,12 @@ __all__ = [
     "EVALUATIONS_DIR",
     "GRAD_SAMPLE_MODES",
     "DPRound",
-    "DPSpend",
     "EvaluationAllowance",
     "EvaluationGrant",
     "EvaluationRefusedError",
     "FusedClipper",
     "GradSampleMode",
+    "PrivacyBudget",
     "PrivacyRefusedError",
     "PrivateStep",
     "RoundRequest",
@@ -115,7 +116,6 @@ __all__ = [
 
 _EXPORTS = {
     "DPRound": "dp_training",
-    "DPSpend": "dp_training",
     "EVALUATIONS_DIR": "evaluation_allowance",
     "EvaluationAllowance": "evaluation_allowance",
     "EvaluationGrant": "evaluation_allowance",
@@ -123,6 +123,7 @@ _EXPORTS = {
     "FusedClipper": "per_sample_clipping",
     "GRAD_SAMPLE_MODES": "dp_engine",
     "GradSampleMode": "dp_training",
+    "PrivacyBudget": "budget",
     "PrivacyRefusedError": "budget",
     "PrivateStep": "dp_engine",
     "RoundRequest": "budget",

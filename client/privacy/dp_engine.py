@@ -144,49 +144,57 @@ class PrivateStep:
                     delattr(module, name)
 
 
-def make_private_step(
+def _opacus_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     criterion: Callable[..., Any],
     loader: DataLoader[Any],
-    *,
     engine: PrivacyEngine,
     noise_multiplier: float,
     max_grad_norm: float,
-    mode: str = "auto",
-    autocast: Autocast = contextlib.nullcontext,
+    mode: str,
+    autocast: Autocast,
 ) -> PrivateStep:
-    """DP-SGD with Poisson sampling from `loader` (batch size = its expected size), the
-    accountant of `engine` counting every step. `autocast` (a context factory, e.g.
-    bfloat16 on CUDA) is used for the forward pass of the fused engine only."""
-    resolved = resolve_mode(model, mode)
-    if resolved != "fused":
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module="opacus")
-            private = engine.make_private(
-                module=model,
-                optimizer=optimizer,
-                criterion=criterion,
-                data_loader=loader,
-                noise_multiplier=noise_multiplier,
-                max_grad_norm=max_grad_norm,
-                poisson_sampling=True,
-                grad_sample_mode=resolved,
-            )
-        wrapped, dp_optimizer = private[0], private[1]
-        dp_criterion = private[2] if len(private) == 4 else criterion
-        return PrivateStep(
-            model=model,
-            wrapped=wrapped,
-            optimizer=dp_optimizer,
-            criterion=dp_criterion,
-            loader=private[-1],
-            mode=resolved,
-            clipper=None,
-            autocast=autocast,
+    """Opacus' own engine `mode` (`PrivacyEngine.make_private`, Poisson sampling)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="opacus")
+        private = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=criterion,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode=mode,
         )
+    wrapped, dp_optimizer = private[0], private[1]
+    dp_criterion = private[2] if len(private) == 4 else criterion
+    return PrivateStep(
+        model=model,
+        wrapped=wrapped,
+        optimizer=dp_optimizer,
+        criterion=dp_criterion,
+        loader=private[-1],
+        mode=mode,
+        clipper=None,
+        autocast=autocast,
+    )
+
+
+def _fused_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: Callable[..., Any],
+    loader: DataLoader[Any],
+    engine: PrivacyEngine,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    autocast: Autocast,
+) -> PrivateStep:
+    """Our fused engine, with what `PrivacyEngine.make_private` does for Poisson
+    sampling and flat clipping."""
     engine.validate(module=model, optimizer=None, data_loader=None)
-    # What PrivacyEngine.make_private does for Poisson sampling and flat clipping.
     dp_loader: DataLoader[Any] = DPDataLoader.from_data_loader(loader)
     sample_rate = 1.0 / len(dp_loader)
     expected_batch_size = int(len(dp_loader.dataset) * sample_rate)  # type: ignore[arg-type]
@@ -204,7 +212,40 @@ def make_private_step(
         optimizer=dp_optimizer,
         criterion=criterion,
         loader=dp_loader,
-        mode=resolved,
+        mode="fused",
         clipper=FusedClipper(model, max_grad_norm),
         autocast=autocast,
+    )
+
+
+def make_private_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: Callable[..., Any],
+    loader: DataLoader[Any],
+    *,
+    engine: PrivacyEngine,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    mode: str = "auto",
+    autocast: Autocast = contextlib.nullcontext,
+) -> PrivateStep:
+    """DP-SGD with Poisson sampling from `loader` (batch size = its expected size), the
+    accountant of `engine` counting every step. `autocast` (a context factory, e.g.
+    bfloat16 on CUDA) is used for the forward pass of the fused engine only."""
+    resolved = resolve_mode(model, mode)
+    if resolved == "fused":
+        return _fused_step(
+            model, optimizer, criterion, loader, engine, noise_multiplier, max_grad_norm, autocast
+        )
+    return _opacus_step(
+        model,
+        optimizer,
+        criterion,
+        loader,
+        engine,
+        noise_multiplier,
+        max_grad_norm,
+        resolved,
+        autocast,
     )

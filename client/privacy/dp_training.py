@@ -1,5 +1,6 @@
 """DP-SGD local training with Opacus: the training hook, kept apart from the privacy math
-(`consortia.common.privacy.accounting`) and the bookkeeping (`privacy_ledger`).
+(`consortia.common.privacy.accounting`) and the bookkeeping (`consortia.common.privacy.ledger`).
+The round's spend is a `consortia.common.privacy.spend.PrivacySpend`.
 
 Every step samples each training example independently (Poisson sampling, as the
 accountant assumes), clips each example's gradient to `max_grad_norm` and adds Gaussian
@@ -28,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from consortia.client.data.site_data import SiteArrays
-from consortia.client.privacy.dp_engine import make_private_step, resolve_mode
+from consortia.client.privacy.dp_engine import PrivateStep, make_private_step, resolve_mode
 from consortia.client.training.trainer import (
     ProximalTerm,
     RoundRecipe,
@@ -40,8 +41,9 @@ from consortia.common.config.privacy_settings import Accountant
 from consortia.common.config.settings import Task
 from consortia.common.networks.device import autocast
 from consortia.common.privacy.accounting import HistoryEntry, epsilon_of, make_accountant
+from consortia.common.privacy.spend import PrivacySpend
 
-__all__ = ["DPRound", "DPSpend", "GradSampleMode", "train_local_dp"]
+__all__ = ["DPRound", "GradSampleMode", "train_local_dp"]
 
 #: The per-example clipping engine (`consortia.client.privacy.dp_engine`): "auto" (default: our
 #: fused engine when every layer has a rule, else Opacus' "hooks"), "fused", or one of
@@ -59,22 +61,9 @@ class DPRound:
     accountant: Accountant
     history: tuple[HistoryEntry, ...] = ()
     grad_sample_mode: GradSampleMode = "auto"
-
-
-@dataclass(frozen=True)
-class DPSpend:
-    """What the round spent: its own accountant steps and the data set's new total."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    epsilon: float
-    accountant: Accountant
-    max_grad_norm: float
-
-    def history_entry(self) -> HistoryEntry:
-        return (self.noise_multiplier, self.sample_rate, self.steps)
+    #: The accountant history of this run's earlier rounds on the data set: the round's
+    #: `run_epsilon` covers them and the round.
+    run_history: tuple[HistoryEntry, ...] = ()
 
 
 def train_local_dp(
@@ -89,7 +78,7 @@ def train_local_dp(
     dp: DPRound,
     proximal_mu: float = 0.0,
     recipe: RoundRecipe | None = None,
-) -> tuple[TrainResult, DPSpend]:
+) -> tuple[TrainResult, PrivacySpend]:
     """`epochs` epochs of DP-SGD (`recipe` on the privatized gradients, default
     Adam at `learning_rate`; the rate schedule touches no privacy accounting) on the training split;
     `model` holds the trained weights afterwards (a plain module: same state_dict keys,
@@ -110,12 +99,7 @@ def train_local_dp(
     # No seeded generator (unlike `trainer`'s loader): Opacus' Poisson sampler inherits
     # the loader's generator, and the batches must not be predictable from the run seed.
     loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(dataset, batch_size=batch_size)
-    with warnings.catch_warnings():
-        # Opacus' reminder about secure_mode: its CSPRNG (torchcsprng) is unmaintained;
-        # the module docstring says where our randomness comes from instead.
-        warnings.filterwarnings("ignore", message="Secure RNG turned off")
-        engine = PrivacyEngine(accountant=dp.accountant)
-    engine.accountant = make_accountant(dp.accountant, dp.history)
+    engine = _engine(dp)
     steps_before = _steps(engine.accountant.history)
     step = make_private_step(
         model,
@@ -128,44 +112,75 @@ def train_local_dp(
         mode=dp.grad_sample_mode,
         autocast=lambda: autocast(device),
     )
-    sample_rate = 1.0 / len(loader)
-    expected_steps = epochs * len(loader)  # Poisson batches: len(loader) steps an epoch
-    augment = plan.augmenter(secrets.randbits(63))
     start = time.perf_counter()
-    total_loss, batches, taken = 0.0, 0, 0
     try:
-        for _ in range(epochs):
-            for images, targets in step.loader:
-                plan.set_rate(optimizer, taken, expected_steps)
-                taken += 1
-                if len(images):  # an empty Poisson batch still takes its (noise) step
-                    images = normalize_images(images)
-                if task is Task.SEGMENTATION:
-                    targets = targets.unsqueeze(1)
-                # Per example, after sampling: no effect on the accounting.
-                images, targets = augment(images, targets)
-                images, targets = images.to(device), targets.to(device)
-                loss = step(images, targets)
-                if loss is not None:
-                    total_loss += loss
-                    batches += 1
+        # Poisson batches: len(loader) steps an epoch
+        mean_loss = _epochs(step, plan, optimizer, task, device, epochs, epochs * len(loader))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         compute_s = time.perf_counter() - start
     finally:
         step.close()
     steps = _steps(engine.accountant.history) - steps_before
-    history = [*dp.history, (dp.noise_multiplier, sample_rate, steps)]
-    spend = DPSpend(
+    spend = _spend(dp, sample_rate=1.0 / len(loader), steps=steps)
+    return TrainResult(len(data), mean_loss, compute_s), spend
+
+
+def _engine(dp: DPRound) -> PrivacyEngine:
+    """Opacus' engine with its accountant restored from the data set's history."""
+    with warnings.catch_warnings():
+        # Opacus' reminder about secure_mode: its CSPRNG (torchcsprng) is unmaintained;
+        # the module docstring says where our randomness comes from instead.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=dp.accountant)
+    engine.accountant = make_accountant(dp.accountant, dp.history)
+    return engine
+
+
+def _epochs(
+    step: PrivateStep,
+    plan: RoundRecipe,
+    optimizer: torch.optim.Optimizer,
+    task: Task,
+    device: torch.device,
+    epochs: int,
+    expected_steps: int,
+) -> float:
+    """Run `epochs` epochs of private steps (about `expected_steps` in all, for the rate
+    schedule); the mean loss of the non-empty batches."""
+    augment = plan.augmenter(secrets.randbits(63))
+    total_loss, batches, taken = 0.0, 0, 0
+    for _ in range(epochs):
+        for images, targets in step.loader:
+            plan.set_rate(optimizer, taken, expected_steps)
+            taken += 1
+            if len(images):  # an empty Poisson batch still takes its (noise) step
+                images = normalize_images(images)
+            if task is Task.SEGMENTATION:
+                targets = targets.unsqueeze(1)
+            # Per example, after sampling: no effect on the accounting.
+            images, targets = augment(images, targets)
+            images, targets = images.to(device), targets.to(device)
+            loss = step(images, targets)
+            if loss is not None:
+                total_loss += loss
+                batches += 1
+    return total_loss / max(batches, 1)
+
+
+def _spend(dp: DPRound, *, sample_rate: float, steps: int) -> PrivacySpend:
+    """What the round spent: its steps, the data set's and this run's new totals."""
+    this_round = (dp.noise_multiplier, sample_rate, steps)
+    return PrivacySpend(
         noise_multiplier=dp.noise_multiplier,
         sample_rate=sample_rate,
         steps=steps,
         delta=dp.delta,
-        epsilon=epsilon_of(history, dp.delta, dp.accountant),
+        epsilon=epsilon_of([*dp.history, this_round], dp.delta, dp.accountant),
+        run_epsilon=epsilon_of([*dp.run_history, this_round], dp.delta, dp.accountant),
         accountant=dp.accountant,
         max_grad_norm=dp.max_grad_norm,
     )
-    return TrainResult(len(data), total_loss / max(batches, 1), compute_s), spend
 
 
 def _steps(history: Sequence[HistoryEntry]) -> int:

@@ -316,6 +316,36 @@ def saliency_maps(
             map, a ``target_class`` outside the model's classes, or model outputs that do
             not fit ``task``.
     """
+    names = _check_arguments(model, images, task, device, target_class, layer)
+    if images.shape[0] == 0:
+        return []
+    # Inference tensors cannot take part in autograd: leave inference mode for the copy too.
+    with torch.inference_mode(False), torch.enable_grad():
+        net = copy.deepcopy(model).to(device=device, dtype=torch.float32).eval()
+        net.requires_grad_(False)  # gradients flow to the activations only
+        x = normalize_images(images.detach().clone().to(device=device, dtype=torch.float32))
+        first_logits, chosen = _probe_layer(net, x, model, layer, names)
+        _check_logits(first_logits, images, task, target_class)
+        cam = GradCAM(
+            nn_module=SpatialMeanLogits(net).eval(),  # eval: ModelWithHooks restores its mode
+            target_layers=f"{_WRAPPED}.{chosen}",
+            postprocessing=lambda m: m,
+        )
+        return [
+            _explain_one(cam, net, x, index, first_logits, (task, target_class), chosen)
+            for index in range(images.shape[0])
+        ]
+
+
+def _check_arguments(
+    model: nn.Module,
+    images: torch.Tensor,
+    task: Task,
+    device: torch.device,
+    target_class: int | None,
+    layer: str | None,
+) -> dict[str, nn.Module]:
+    """The arguments of :func:`saliency_maps` checked; returns the model's sub-modules."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(task, Task):
@@ -333,55 +363,64 @@ def saliency_maps(
             f"layer {layer!r} is not a sub-module of {type(model).__name__} "
             "(see model.named_modules())"
         )
-    if images.shape[0] == 0:
-        return []
-    spatial_dims = images.ndim - 2
-    # Inference tensors cannot take part in autograd: leave inference mode for the copy too.
-    with torch.inference_mode(False), torch.enable_grad():
-        net = copy.deepcopy(model).to(device=device, dtype=torch.float32).eval()
-        net.requires_grad_(False)  # gradients flow to the activations only
-        x = normalize_images(images.detach().clone().to(device=device, dtype=torch.float32))
-        candidates = [layer] if layer is not None else [UNET_LAYER, *RESNET_STAGES]
-        first_logits, shapes = _probe(net, x[:1], [n for n in candidates if n in names])
-        chosen = layer if layer is not None else default_layer(model, shapes)
-        if chosen not in shapes:
-            raise ValueError(f"layer {chosen!r} is not used when the model runs on these images")
-        if len(shapes[chosen]) != spatial_dims + 2:
-            raise ValueError(
-                f"layer {chosen!r} outputs shape {shapes[chosen]}, not a {spatial_dims}D "
-                "feature map (N, C, *spatial); choose a convolutional layer"
-            )
-        _check_logits(first_logits, images, task, target_class)
-        logger.info(
-            "Grad-CAM of %d image(s) at layer %r (feature map %s)",
-            images.shape[0],
-            chosen,
-            shapes[chosen][2:],
+    return names
+
+
+def _probe_layer(
+    net: nn.Module,
+    x: torch.Tensor,
+    model: nn.Module,
+    layer: str | None,
+    names: dict[str, nn.Module],
+) -> tuple[torch.Tensor, str]:
+    """The logits of the copy ``net`` on the first image and the Grad-CAM layer: ``layer``,
+    else the default for ``model``; it must output a feature map of the images' dimensions."""
+    spatial_dims = x.ndim - 2
+    candidates = [layer] if layer is not None else [UNET_LAYER, *RESNET_STAGES]
+    first_logits, shapes = _probe(net, x[:1], [n for n in candidates if n in names])
+    chosen = layer if layer is not None else default_layer(model, shapes)
+    if chosen not in shapes:
+        raise ValueError(f"layer {chosen!r} is not used when the model runs on these images")
+    if len(shapes[chosen]) != spatial_dims + 2:
+        raise ValueError(
+            f"layer {chosen!r} outputs shape {shapes[chosen]}, not a {spatial_dims}D "
+            "feature map (N, C, *spatial); choose a convolutional layer"
         )
-        cam = GradCAM(
-            nn_module=SpatialMeanLogits(net).eval(),  # eval: ModelWithHooks restores its mode
-            target_layers=f"{_WRAPPED}.{chosen}",
-            postprocessing=lambda m: m,
-        )
-        results = []
-        for index in range(images.shape[0]):
-            sample = x[index : index + 1].clone()
-            logits = first_logits if index == 0 else _probe(net, sample, [])[0]
-            k, score = _score_and_class(logits[0], task, target_class)
-            sample.requires_grad_(True)
-            raw = cam(sample, class_idx=k)
-            saliency = _display_slice(_minmax(raw[0, 0].detach().float().cpu().numpy()))
-            image = _minmax(_display_slice(x[index, 0].detach().cpu().numpy()))
-            results.append(
-                SaliencyMap(
-                    image=np.ascontiguousarray(image, dtype=np.float32),
-                    saliency=np.ascontiguousarray(saliency, dtype=np.float32),
-                    target_class=k,
-                    score=score,
-                    layer=chosen,
-                )
-            )
-    return results
+    logger.info(
+        "Grad-CAM of %d image(s) at layer %r (feature map %s)",
+        x.shape[0],
+        chosen,
+        shapes[chosen][2:],
+    )
+    return first_logits, chosen
+
+
+def _explain_one(
+    cam: GradCAM,
+    net: nn.Module,
+    x: torch.Tensor,
+    index: int,
+    first_logits: torch.Tensor,
+    target: tuple[Task, int | None],
+    chosen: str,
+) -> SaliencyMap:
+    """The Grad-CAM map of normalised image ``x[index]`` (``target``: the task and the
+    class asked for, if any)."""
+    task, target_class = target
+    sample = x[index : index + 1].clone()
+    logits = first_logits if index == 0 else _probe(net, sample, [])[0]
+    k, score = _score_and_class(logits[0], task, target_class)
+    sample.requires_grad_(True)
+    raw = cam(sample, class_idx=k)
+    saliency = _display_slice(_minmax(raw[0, 0].detach().float().cpu().numpy()))
+    image = _minmax(_display_slice(x[index, 0].detach().cpu().numpy()))
+    return SaliencyMap(
+        image=np.ascontiguousarray(image, dtype=np.float32),
+        saliency=np.ascontiguousarray(saliency, dtype=np.float32),
+        target_class=k,
+        score=score,
+        layer=chosen,
+    )
 
 
 def _check_logits(

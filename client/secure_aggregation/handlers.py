@@ -222,12 +222,16 @@ def _check_roster(
         )
 
 
-def open_round(msg: Message, context: Context, round_number: int) -> SecureRound:
+def open_round(
+    msg: Message, context: Context, round_number: int, settings: RunSettings | None = None
+) -> SecureRound:
     """The session and the round's participants from a secure `train` message, checked
     before the site trains: neighbours' signatures against the roster (F2), and that
-    this round's update has not gone into another sum (F1)."""
+    this round's update has not gone into another sum (F1). `settings`: the approved run
+    settings when the caller has parsed them already (else read from `context`)."""
     client = _load(context)
-    settings = _run_settings(context)
+    if settings is None:
+        settings = _run_settings(context)
     site = site_settings(context)
     approved = config_hash(settings)
     keys_record = get_config_record(msg.content, rk.SECAGG_PEERS_KEY)

@@ -54,6 +54,7 @@ __all__ = ["SecAggClient"]
 _log = logging.getLogger("consortia.client.secagg")
 _SEED_BYTES = 32
 _MAX_ROUND = 2**64
+_SEED_KEY, _PAIR_KEY = "b", "pair"
 
 
 class SecAggClient:
@@ -171,6 +172,33 @@ class SecAggClient:
         values were clipped.
         """
         cfg, me, s = self.config, self.node_id, self._s
+        present, near = self._mask_round(round_number, participants)
+        _check_update(f"node {me}: round {round_number}", vector, cfg.vector_size)
+        masked, clipped = quantise(vector, cfg.clip_range, len(present))
+        seed = secrets.token_bytes(_SEED_BYTES)
+        add_mask(masked, self_mask_key(seed, cfg.session, round_number, me))
+        pair_keys: dict[int, bytes] = {}
+        for node in near:
+            key = pair_mask_key(
+                s.peers[node].pair_secret, cfg.session, round_number, me, node, context=context
+            )
+            if me < node:
+                add_mask(masked, key)
+            else:
+                subtract_mask(masked, key)
+            pair_keys[node] = key
+        ciphertexts, own = _seal_shares(s, round_number, sorted((*near, me)), seed, pair_keys)
+        s.last_round, s.round_participants, s.own_bundle = round_number, present, own
+        s.stage = Stage.MASKED
+        _log.debug("node %d: secagg round %d masked (%d clipped)", me, round_number, clipped)
+        return masked, ciphertexts, clipped
+
+    def _mask_round(
+        self, round_number: int, participants: Sequence[int]
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The round's participants and this site's neighbours among them, or `SecAggError`
+        when this site may not mask the round."""
+        cfg, me, s = self.config, self.node_id, self._s
         where = f"node {me}: round {round_number}"
         if s.stage is Stage.STARTED:
             raise SecAggError(f"{where}: cannot mask before receiving the neighbours' keys")
@@ -194,49 +222,7 @@ class SecAggClient:
             raise SecAggError(
                 f"{where}: mask: {len(holders)} of its group take part, {cfg.threshold} needed"
             )
-        if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.ndim != 1:
-            raise SecAggError(f"{where}: the update must be a 1-D float32 numpy array")
-        if vector.size != cfg.vector_size:
-            raise SecAggError(
-                f"{where}: the update has {vector.size} values, expected {cfg.vector_size}"
-            )
-        masked, clipped = quantise(vector, cfg.clip_range, len(present))
-        seed = secrets.token_bytes(_SEED_BYTES)
-        add_mask(masked, self_mask_key(seed, cfg.session, round_number, me))
-        pair_keys: dict[int, bytes] = {}
-        for node in near:
-            key = pair_mask_key(
-                s.peers[node].pair_secret, cfg.session, round_number, me, node, context=context
-            )
-            if me < node:
-                add_mask(masked, key)
-            else:
-                subtract_mask(masked, key)
-            pair_keys[node] = key
-        order = sorted(holders)
-        b_shares = split_secret(seed, cfg.threshold, len(order))
-        pair_shares = {
-            node: split_secret(key, cfg.threshold, len(order)) for node, key in pair_keys.items()
-        }
-        ciphertexts: dict[int, bytes] = {}
-        own = b""
-        for index, holder in enumerate(order):
-            bundle = ShareBundle(
-                session=cfg.session,
-                round=round_number,
-                sender=me,
-                receiver=holder,
-                b_share=b_shares[index],
-                pair_shares={node: shares[index] for node, shares in pair_shares.items()},
-            )
-            if holder == me:
-                own = bundle.to_bytes()
-            else:
-                ciphertexts[holder] = seal_bundle(s.peers[holder].encryption_key, bundle)
-        s.last_round, s.round_participants, s.own_bundle = round_number, present, own
-        s.stage = Stage.MASKED
-        _log.debug("node %d: secagg round %d masked (%d clipped)", me, round_number, clipped)
-        return masked, ciphertexts, clipped
+        return present, near
 
     def unmask(
         self,
@@ -261,52 +247,50 @@ class SecAggClient:
                 f"{where}: cannot unmask (stage '{s.stage}', last masked round {s.last_round})"
             )
         present = s.round_participants
-        act, drop = set(active), set(dropped)
-        both = act & drop
-        if both:
-            raise SecAggError(f"{where}: unmask lists node {min(both)} as active and dropped")
-        if len(act) != len(active) or len(drop) != len(dropped) or act | drop != set(present):
-            raise SecAggError(f"{where}: unmask lists do not match the round's participants")
-        if me not in act:
-            raise SecAggError(f"{where}: unmask does not list this node as active")
-        live = [node for node in cfg.group_in(me, present) if node in act]
-        if len(live) < cfg.threshold:
-            raise SecAggError(
-                f"{where}: unmask: {len(live)} of its group active, {cfg.threshold} needed; refused"
-            )
+        live = _live_group(where, cfg, me, present, active, dropped)
         senders = set(live) - {me}
         for node in ciphertexts:
             if node not in senders:
                 raise SecAggError(f"{where}: got shares from node {node}, not an active neighbour")
-        out: dict[str, dict[int, bytes]] = {"b": {}, "pair": {}}
+        drop = set(dropped)
+        out: dict[str, dict[int, bytes]] = {_SEED_KEY: {}, _PAIR_KEY: {}}
         for node in live:
-            if node == me:
-                what = "own shares"
-                bundle = ShareBundle.from_bytes(s.own_bundle, what)
-                bundle.check(cfg.session, round_number, me, me)
-            elif node not in ciphertexts:
-                raise SecAggError(f"{where}: no shares from active neighbour {node}")
-            else:
-                bundle = open_bundle(
-                    s.peers[node].encryption_key,
-                    ciphertexts[node],
-                    session=cfg.session,
-                    round_number=round_number,
-                    sender=node,
-                    receiver=me,
-                )
+            bundle = self._bundle_from(node, round_number, ciphertexts)
             near = cfg.neighbours_in(node, present)
             if sorted(bundle.pair_shares) != list(near):
                 raise SecAggError(
                     f"{where}: the shares from node {node} do not match its neighbours"
                 )
-            out["b"][node] = bundle.b_share
+            out[_SEED_KEY][node] = bundle.b_share
             gone = [peer for peer in near if peer in drop]
             if gone:
-                out["pair"][node] = b"".join(bundle.pair_shares[peer] for peer in gone)
+                out[_PAIR_KEY][node] = b"".join(bundle.pair_shares[peer] for peer in gone)
         s.end_round()
         _log.debug("node %d: secagg round %d unmask shares", me, round_number)
         return out
+
+    def _bundle_from(
+        self, node: int, round_number: int, ciphertexts: Mapping[int, bytes]
+    ) -> ShareBundle:
+        """The shares active group member `node` made for this site in the round (this
+        site's own, kept since `mask`, when `node` is this site)."""
+        cfg, me, s = self.config, self.node_id, self._s
+        if node == me:
+            bundle = ShareBundle.from_bytes(s.own_bundle, "own shares")
+            bundle.check(cfg.session, round_number, me, me)
+            return bundle
+        if node not in ciphertexts:
+            raise SecAggError(
+                f"node {me}: round {round_number}: no shares from active neighbour {node}"
+            )
+        return open_bundle(
+            s.peers[node].encryption_key,
+            ciphertexts[node],
+            session=cfg.session,
+            round_number=round_number,
+            sender=node,
+            receiver=me,
+        )
 
     def to_state(self) -> dict[str, ConfigValue]:
         """ConfigRecord-compatible values that `from_state` turns back into this client."""
@@ -316,3 +300,70 @@ class SecAggClient:
     def from_state(cls, state: Mapping[str, Any]) -> SecAggClient:
         """The client stored by `to_state` (validated; raises `SecAggError` if malformed)."""
         return cls(ClientState.from_record(state))
+
+
+def _check_update(where: str, vector: Any, size: int) -> None:
+    """`SecAggError` unless `vector` is a 1-D float32 numpy array of `size` values."""
+    if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.ndim != 1:
+        raise SecAggError(f"{where}: the update must be a 1-D float32 numpy array")
+    if vector.size != size:
+        raise SecAggError(f"{where}: the update has {vector.size} values, expected {size}")
+
+
+def _seal_shares(
+    s: ClientState,
+    round_number: int,
+    order: list[int],
+    seed: bytes,
+    pair_keys: dict[int, bytes],
+) -> tuple[dict[int, bytes], bytes]:
+    """Shamir shares of the round's self-mask `seed` and pairwise mask keys for each
+    holder in `order`: encrypted for each neighbour (by destination), and this site's own
+    (serialised, kept for the unmasking)."""
+    cfg, me = s.config, s.node_id
+    b_shares = split_secret(seed, cfg.threshold, len(order))
+    pair_shares = {
+        node: split_secret(key, cfg.threshold, len(order)) for node, key in pair_keys.items()
+    }
+    ciphertexts: dict[int, bytes] = {}
+    own = b""
+    for index, holder in enumerate(order):
+        bundle = ShareBundle(
+            session=cfg.session,
+            round=round_number,
+            sender=me,
+            receiver=holder,
+            b_share=b_shares[index],
+            pair_shares={node: shares[index] for node, shares in pair_shares.items()},
+        )
+        if holder == me:
+            own = bundle.to_bytes()
+        else:
+            ciphertexts[holder] = seal_bundle(s.peers[holder].encryption_key, bundle)
+    return ciphertexts, own
+
+
+def _live_group(
+    where: str,
+    cfg: SecAggConfig,
+    me: int,
+    present: tuple[int, ...],
+    active: Sequence[int],
+    dropped: Sequence[int],
+) -> list[int]:
+    """The active members of this site's group in the round, after checking the server's
+    `active` and `dropped` lists against the round's participants (`present`)."""
+    act, drop = set(active), set(dropped)
+    both = act & drop
+    if both:
+        raise SecAggError(f"{where}: unmask lists node {min(both)} as active and dropped")
+    if len(act) != len(active) or len(drop) != len(dropped) or act | drop != set(present):
+        raise SecAggError(f"{where}: unmask lists do not match the round's participants")
+    if me not in act:
+        raise SecAggError(f"{where}: unmask does not list this node as active")
+    live = [node for node in cfg.group_in(me, present) if node in act]
+    if len(live) < cfg.threshold:
+        raise SecAggError(
+            f"{where}: unmask: {len(live)} of its group active, {cfg.threshold} needed; refused"
+        )
+    return live

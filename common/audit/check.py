@@ -265,9 +265,21 @@ def verify_audit_log(
     tail = lines.pop()  # b"" when the file ends with a newline
     if tail:
         lines.append(tail)
+    _check_lines(report, checker, lines, torn=bool(tail))
+    if not lines:
+        report.problems.append(f"line 1: the log is empty (no '{LOG_OPENED}' record)")
+    report.head, report.label = checker.head, checker.label
+    _check_expected(report, len(lines), expected_head, expected_hashes or {})
+    return report
+
+
+def _check_lines(
+    report: AuditReport, checker: ChainChecker, lines: list[bytes], *, torn: bool
+) -> None:
+    """Parse and chain-check each line into `report` (`torn`: the last line has no newline)."""
     for number, raw in enumerate(lines, start=1):
         last = number == len(lines)
-        if last and tail:
+        if last and torn:
             report.problems.append(
                 f"line {number}: incomplete last line without a newline (a torn write: the "
                 "writer stopped mid-line; the next AuditLog.open sets it aside)"
@@ -275,8 +287,8 @@ def verify_audit_log(
             continue
         parsed = parse_line(raw)
         if isinstance(parsed, str):
-            torn = " (a torn last line?)" if last else ""
-            report.problems.append(f"line {number}: {parsed}{torn}")
+            suffix = " (a torn last line?)" if last else ""
+            report.problems.append(f"line {number}: {parsed}{suffix}")
             continue
         report.problems.extend(checker.feed(number, parsed))
         report.records.append(parsed)
@@ -285,15 +297,22 @@ def verify_audit_log(
                 f"line {number}: the writer set aside a torn tail of {parsed.get('bytes')} "
                 f"byte(s) into {parsed.get('file')} at {parsed.get('time')}"
             )
-    if not lines:
-        report.problems.append(f"line 1: the log is empty (no '{LOG_OPENED}' record)")
-    report.head, report.label = checker.head, checker.label
+
+
+def _check_expected(
+    report: AuditReport,
+    line_count: int,
+    expected_head: str | None,
+    expected_hashes: Mapping[str, str],
+) -> None:
+    """Add to `report` the problems of a log that does not end at `expected_head` or lacks
+    one of `expected_hashes`."""
     hashes = {str(r.get(HASH_FIELD)): i for i, r in enumerate(report.records)}
     if expected_head is not None and expected_head != report.head:
         index = hashes.get(expected_head)
         if index is None:
             report.problems.append(
-                f"line {len(lines)} (end of the log): the log ends at {short(report.head)}, "
+                f"line {line_count} (end of the log): the log ends at {short(report.head)}, "
                 f"not at the expected head {short(expected_head)}: its last records were "
                 "removed (truncated tail) or the log was replaced"
             )
@@ -303,13 +322,12 @@ def verify_audit_log(
                 f"{extra} record(s) after the expected head {short(expected_head)} (seq "
                 f"{report.records[index].get('seq')}): added after the head was recorded"
             )
-    for digest, source in (expected_hashes or {}).items():
+    for digest, source in expected_hashes.items():
         if digest not in hashes:
             report.problems.append(
                 f"the hash {short(digest)} recorded in {source} is not in the log: records "
                 "up to it were removed (truncated tail) or altered"
             )
-    return report
 
 
 def read_audit_log(path: Path, *, verify: bool = True) -> list[dict[str, Any]]:

@@ -241,13 +241,44 @@ def issue_server_certificate(
     names = _host_names(hosts)
     ca_key, ca_cert = _load_ca(ca_dir, ca_passphrase)
     key = ec.generate_private_key(ec.SECP384R1())
-    public = key.public_key()
     start = valid_from.astimezone(UTC) if valid_from else _now() - _CLOCK_SKEW
     end = min(start + timedelta(days=days), ca_cert.not_valid_after_utc)
-    first = names[0].value
-    common_name = str(first)[:64]
+    cert = _server_certificate(key.public_key(), names, (ca_key, ca_cert), start, end)
+    files = ServerFiles(
+        key=out_dir / SERVER_KEY,
+        certificate=out_dir / SERVER_CERT,
+        ca_certificate=out_dir / CA_CERT,
+    )
+    writes = [
+        (files.key, _pem_key(key), PRIVATE_MODE),
+        (files.certificate, _pem_cert(cert), PUBLIC_MODE),
+    ]
+    ca_pem = _pem_cert(ca_cert)
+    copy_exists = files.ca_certificate.exists()
+    if copy_exists and files.ca_certificate.read_bytes().strip() != ca_pem.strip() and not force:
+        raise PKIError(
+            f"{files.ca_certificate} already exists and is another CA's certificate; "
+            "refusing to overwrite (use another --out folder, or --force)"
+        )
+    if not copy_exists or force:
+        writes.append((files.ca_certificate, ca_pem, PUBLIC_MODE))
+    write_files(writes, force=force)
+    return files
+
+
+def _server_certificate(
+    public: ec.EllipticCurvePublicKey,
+    names: list[x509.GeneralName],
+    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+    start: datetime,
+    end: datetime,
+) -> x509.Certificate:
+    """The server's certificate for `public`, naming `names` (the first one is also its
+    common name), valid from `start` to `end`, signed by the CA."""
+    ca_key, ca_cert = ca
+    common_name = str(names[0].value)[:64]
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
@@ -279,23 +310,3 @@ def issue_server_certificate(
         )
         .sign(ca_key, hashes.SHA384())
     )
-    files = ServerFiles(
-        key=out_dir / SERVER_KEY,
-        certificate=out_dir / SERVER_CERT,
-        ca_certificate=out_dir / CA_CERT,
-    )
-    writes = [
-        (files.key, _pem_key(key), PRIVATE_MODE),
-        (files.certificate, _pem_cert(cert), PUBLIC_MODE),
-    ]
-    ca_pem = _pem_cert(ca_cert)
-    copy_exists = files.ca_certificate.exists()
-    if copy_exists and files.ca_certificate.read_bytes().strip() != ca_pem.strip() and not force:
-        raise PKIError(
-            f"{files.ca_certificate} already exists and is another CA's certificate; "
-            "refusing to overwrite (use another --out folder, or --force)"
-        )
-    if not copy_exists or force:
-        writes.append((files.ca_certificate, ca_pem, PUBLIC_MODE))
-    write_files(writes, force=force)
-    return files

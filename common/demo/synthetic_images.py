@@ -6,6 +6,8 @@ Part of the demo data generator (`consortia.common.demo.data`); see its docstrin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Final
 
 import numpy as np
@@ -127,20 +129,67 @@ def _blob_layer(
     return alpha, mask
 
 
-def draw_clean(
-    rng: np.random.Generator, positive: NDArray[np.bool_], size: int
-) -> tuple[FloatArray, UInt8Array, UInt8Array]:
-    """Draw clean cases (lesions where ``positive``): image in [0, 1], lesion and organ masks."""
-    n = positive.shape[0]
-    half = size / 2.0
-    scale = size / _REFERENCE_SIZE
-    coords = (np.arange(size, dtype=np.float64) + 0.5 - half) / half
-    shape = (n, size, size)
+@dataclass(frozen=True)
+class _Canvas:
+    """The batch being drawn: its random stream, size and pixel-centre coordinates."""
 
-    def uniform(low: float, high: float, count: int | tuple[int, ...] = n) -> FloatArray:
-        return rng.uniform(low, high, count)
+    rng: np.random.Generator
+    n: int
+    size: int
 
+    @property
+    def half(self) -> float:
+        return self.size / 2.0
+
+    @property
+    def scale(self) -> float:
+        return self.size / _REFERENCE_SIZE
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.n, self.size, self.size)
+
+    @cached_property
+    def coords(self) -> FloatArray:
+        return (np.arange(self.size, dtype=np.float64) + 0.5 - self.half) / self.half
+
+    def uniform(
+        self, low: float, high: float, count: int | tuple[int, ...] | None = None
+    ) -> FloatArray:
+        """``count`` (default: one per case) uniform draws from the batch's stream."""
+        return self.rng.uniform(low, high, self.n if count is None else count)
+
+
+@dataclass(frozen=True)
+class _Organ:
+    """The organ ellipse of each case: parameters, distance map, occupancy and size."""
+
+    cx: FloatArray
+    cy: FloatArray
+    ax: FloatArray
+    ay: FloatArray
+    theta: FloatArray
+    distance: FloatArray
+    alpha: FloatArray
+    minor_px: FloatArray
+
+    def place_inside(
+        self, canvas: _Canvas, radius_px: FloatArray, count: tuple[int, int]
+    ) -> tuple[FloatArray, ...]:
+        """Centres (normalised coordinates) that keep a disc of ``radius_px`` in the organ."""
+        rho_max = np.clip(1.0 - radius_px / self.minor_px[:, None] - 0.08, 0.0, None)
+        rho = rho_max * np.sqrt(canvas.uniform(0.0, 1.0, count))
+        phi = canvas.uniform(0.0, 2.0 * math.pi, count)
+        u = rho * np.cos(phi) * self.ax[:, None]
+        v = rho * np.sin(phi) * self.ay[:, None]
+        cos_t, sin_t = np.cos(self.theta)[:, None], np.sin(self.theta)[:, None]
+        return self.cx[:, None] + u * cos_t - v * sin_t, self.cy[:, None] + u * sin_t + v * cos_t
+
+
+def _draw_body(canvas: _Canvas) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The background with the body and its spine, and the fine and coarse textures."""
     # Body: a wide ellipse with a brighter rim (subcutaneous fat) and a bright "spine".
+    uniform, coords, half, scale = canvas.uniform, canvas.coords, canvas.half, canvas.scale
     body_cx, body_cy = uniform(-0.03, 0.03), uniform(-0.03, 0.03)
     body_ax, body_ay = uniform(0.84, 0.95), uniform(0.8, 0.9)
     body_theta = uniform(-0.08, 0.08)
@@ -149,50 +198,49 @@ def draw_clean(
     body_alpha = _soft_inside(body_d, body_minor, 0.8 * scale)
     inner_alpha = _soft_inside(body_d / 0.93, body_minor * 0.93, 1.0 * scale)
     rim_level = uniform(0.42, 0.5)[:, None, None]
-    fine_texture, coarse_texture = _textures(rng, shape, scale)
+    fine_texture, coarse_texture = _textures(canvas.rng, canvas.shape, scale)
     body_level = uniform(0.26, 0.32)[:, None, None] + 0.03 * coarse_texture
 
     spine_cx = body_cx + uniform(-0.03, 0.03)
     spine_cy = body_cy + body_ay - 0.2
     spine_r = uniform(0.08, 0.11)
     spine_d = _ellipse_distance(
-        coords, spine_cx, spine_cy, spine_r * 1.2, spine_r, np.zeros(n, dtype=np.float64)
+        coords, spine_cx, spine_cy, spine_r * 1.2, spine_r, np.zeros(canvas.n, dtype=np.float64)
     )
     spine_alpha = _soft_inside(spine_d, spine_r * half, 0.7 * scale)
     spine_level = uniform(0.75, 0.85)[:, None, None]
 
-    # Organ: textured ellipse, composited on top of everything else in the body.
-    organ_cx, organ_cy = uniform(-0.1, 0.1), uniform(-0.18, -0.05)
-    organ_ax, organ_ay = uniform(0.56, 0.68), uniform(0.46, 0.55)
-    organ_theta = uniform(-0.5, 0.5)
-    organ_d = _ellipse_distance(coords, organ_cx, organ_cy, organ_ax, organ_ay, organ_theta)
-    organ_minor_px = np.minimum(organ_ax, organ_ay) * half
-    organ_alpha = _soft_inside(organ_d, organ_minor_px, 0.8 * scale)
-    organ_level = uniform(0.52, 0.6)[:, None, None] + 0.035 * coarse_texture + 0.012 * fine_texture
-
-    image = np.full(shape, 0.02, dtype=np.float64)
+    image = np.full(canvas.shape, 0.02, dtype=np.float64)
     image = _composite(image, rim_level, body_alpha)
     image = _composite(image, body_level, inner_alpha)
     image = _composite(image, spine_level, spine_alpha)
-    image = _composite(image, organ_level, organ_alpha)
+    return image, fine_texture, coarse_texture
 
-    # Vessels: small dark spots inside the organ in every case (distractors, not lesions).
-    def place_inside(radius_px: FloatArray, count: tuple[int, int]) -> tuple[FloatArray, ...]:
-        """Centres (normalised coordinates) that keep a disc of ``radius_px`` in the organ."""
-        rho_max = np.clip(1.0 - radius_px / organ_minor_px[:, None] - 0.08, 0.0, None)
-        rho = rho_max * np.sqrt(uniform(0.0, 1.0, count))
-        phi = uniform(0.0, 2.0 * math.pi, count)
-        u = rho * np.cos(phi) * organ_ax[:, None]
-        v = rho * np.sin(phi) * organ_ay[:, None]
-        cos_t, sin_t = np.cos(organ_theta)[:, None], np.sin(organ_theta)[:, None]
-        return organ_cx[:, None] + u * cos_t - v * sin_t, organ_cy[:, None] + u * sin_t + v * cos_t
 
-    vessel_count = rng.integers(0, _MAX_VESSELS + 1, size=(n,))
-    vessel_r_px = uniform(1.2, 2.2, (n, _MAX_VESSELS)) * scale
-    vessel_cx, vessel_cy = place_inside(vessel_r_px, (n, _MAX_VESSELS))
+def _draw_organ(
+    canvas: _Canvas, fine_texture: FloatArray, coarse_texture: FloatArray
+) -> tuple[_Organ, FloatArray]:
+    """The organ (a textured ellipse) of each case, and its grey level per pixel."""
+    uniform = canvas.uniform
+    cx, cy = uniform(-0.1, 0.1), uniform(-0.18, -0.05)
+    ax, ay = uniform(0.56, 0.68), uniform(0.46, 0.55)
+    theta = uniform(-0.5, 0.5)
+    distance = _ellipse_distance(canvas.coords, cx, cy, ax, ay, theta)
+    minor_px = np.minimum(ax, ay) * canvas.half
+    alpha = _soft_inside(distance, minor_px, 0.8 * canvas.scale)
+    level = uniform(0.52, 0.6)[:, None, None] + 0.035 * coarse_texture + 0.012 * fine_texture
+    return _Organ(cx, cy, ax, ay, theta, distance, alpha, minor_px), level
+
+
+def _draw_vessels(canvas: _Canvas, organ: _Organ) -> FloatArray:
+    """Vessels: small dark spots inside the organ in every case (distractors, not lesions)."""
+    n, scale = canvas.n, canvas.scale
+    vessel_count = canvas.rng.integers(0, _MAX_VESSELS + 1, size=(n,))
+    vessel_r_px = canvas.uniform(1.2, 2.2, (n, _MAX_VESSELS)) * scale
+    vessel_cx, vessel_cy = organ.place_inside(canvas, vessel_r_px, (n, _MAX_VESSELS))
     vessel_active = np.arange(_MAX_VESSELS)[None, :] < vessel_count[:, None]
     vessel_alpha, _ = _blob_layer(
-        coords,
+        canvas.coords,
         (vessel_cx, vessel_cy),
         (vessel_r_px, vessel_r_px),
         np.zeros_like(vessel_r_px),
@@ -200,24 +248,29 @@ def draw_clean(
         vessel_active,
         0.6 * scale,
     )
-    image -= vessel_alpha * organ_alpha
+    return vessel_alpha
 
-    # Lesions: 1-3 brighter blobs in each positive case.
+
+def _draw_lesions(
+    canvas: _Canvas, organ: _Organ, positive: NDArray[np.bool_]
+) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """Lesions: 1-3 brighter blobs in each positive case; their alpha and mask."""
+    n, scale, uniform = canvas.n, canvas.scale, canvas.uniform
     lesion_count = np.where(
-        positive, rng.choice(np.arange(1, _MAX_LESIONS + 1), n, p=[0.6, 0.3, 0.1]), 0
+        positive, canvas.rng.choice(np.arange(1, _MAX_LESIONS + 1), n, p=[0.6, 0.3, 0.1]), 0
     )
-    r_max_px = np.minimum(12.0 * scale, 0.7 * organ_minor_px)[:, None]
+    r_max_px = np.minimum(12.0 * scale, 0.7 * organ.minor_px)[:, None]
     r_min_px = 3.0 * scale
     lesion_rx_px = r_min_px * np.exp(
         uniform(0.0, 1.0, (n, _MAX_LESIONS)) * np.log(r_max_px / r_min_px)
     )
     lesion_ry_px = np.maximum(lesion_rx_px * uniform(0.7, 1.0, (n, _MAX_LESIONS)), 2.5 * scale)
     lesion_theta = uniform(0.0, math.pi, (n, _MAX_LESIONS))
-    lesion_cx, lesion_cy = place_inside(lesion_rx_px, (n, _MAX_LESIONS))
+    lesion_cx, lesion_cy = organ.place_inside(canvas, lesion_rx_px, (n, _MAX_LESIONS))
     lesion_contrast = uniform(0.16, 0.28, (n, _MAX_LESIONS))
     lesion_active = np.arange(_MAX_LESIONS)[None, :] < lesion_count[:, None]
-    lesion_alpha, lesion_mask = _blob_layer(
-        coords,
+    return _blob_layer(
+        canvas.coords,
         (lesion_cx, lesion_cy),
         (lesion_rx_px, lesion_ry_px),
         lesion_theta,
@@ -225,8 +278,21 @@ def draw_clean(
         lesion_active,
         0.6 * scale,
     )
-    image += lesion_alpha * organ_alpha
 
-    organ_mask = organ_d < 1.0
+
+def draw_clean(
+    rng: np.random.Generator, positive: NDArray[np.bool_], size: int
+) -> tuple[FloatArray, UInt8Array, UInt8Array]:
+    """Draw clean cases (lesions where ``positive``): image in [0, 1], lesion and organ masks."""
+    canvas = _Canvas(rng, positive.shape[0], size)
+    image, fine_texture, coarse_texture = _draw_body(canvas)
+    # Organ: textured ellipse, composited on top of everything else in the body.
+    organ, organ_level = _draw_organ(canvas, fine_texture, coarse_texture)
+    image = _composite(image, organ_level, organ.alpha)
+    image -= _draw_vessels(canvas, organ) * organ.alpha
+    lesion_alpha, lesion_mask = _draw_lesions(canvas, organ, positive)
+    image += lesion_alpha * organ.alpha
+
+    organ_mask = organ.distance < 1.0
     lesion_mask &= organ_mask
     return np.clip(image, 0.0, 1.0), lesion_mask.astype(np.uint8), organ_mask.astype(np.uint8)

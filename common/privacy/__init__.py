@@ -7,6 +7,8 @@ The modules, one concept each:
 - ``ledger``: A site's privacy ledger: every DP-SGD round ever run on one data set.
 - ``planner``: The privacy planner: what a study's DP-SGD will cost a site, and whether it can
   learn, before any budget is spent.
+- ``spend``: What one round of DP-SGD at a site spent: one record for the site's training, its
+  ledger, the train reply and the server's run record.
 """
 
 from typing import TYPE_CHECKING
@@ -49,9 +51,6 @@ if TYPE_CHECKING:
     )
     from consortia.common.privacy.ledger import (
         PrivacyLedger as PrivacyLedger,
-    )
-    from consortia.common.privacy.ledger import (
-        RoundSpend as RoundSpend,
     )
     from consortia.common.privacy.ledger import (
         ledger_lock as ledger_lock,
@@ -101,11 +100,21 @@ if TYPE_CHECKING:
     from consortia.common.privacy.planner import (
         rounds_within_limit as rounds_within_limit,
     )
+    from consortia.common.privacy.spend import (
+        SPEND_FIELDS as SPEND_FIELDS,
+    )
+    from consortia.common.privacy.spend import (
+        PrivacySpend as PrivacySpend,
+    )
+    from consortia.common.privacy.spend import (
+        spend_error as spend_error,
+    )
 
 __all__ = [
     "CALIBRATION",
     "LEDGER_SCHEMA",
     "LIKELY_TO_LEARN_UP_TO",
+    "SPEND_FIELDS",
     "UNLIKELY_TO_LEARN_FROM",
     "CalibrationPoint",
     "HistoryEntry",
@@ -117,7 +126,7 @@ __all__ = [
     "PoissonPlan",
     "PrivacyLedger",
     "PrivacyPlan",
-    "RoundSpend",
+    "PrivacySpend",
     "UnlikelyToLearnError",
     "check_history_entry",
     "check_plannable",
@@ -132,6 +141,7 @@ __all__ = [
     "plan_study",
     "poisson_plan",
     "rounds_within_limit",
+    "spend_error",
 ]
 
 _EXPORTS = {
@@ -148,7 +158,8 @@ _EXPORTS = {
     "PoissonPlan": "accounting",
     "PrivacyLedger": "ledger",
     "PrivacyPlan": "planner",
-    "RoundSpend": "ledger",
+    "PrivacySpend": "spend",
+    "SPEND_FIELDS": "spend",
     "UNLIKELY_TO_LEARN_FROM": "planner",
     "UnlikelyToLearnError": "planner",
     "check_history_entry": "accounting",
@@ -164,6 +175,7 @@ _EXPORTS = {
     "plan_study": "planner",
     "poisson_plan": "accounting",
     "rounds_within_limit": "planner",
+    "spend_error": "spend",
 }
 
 __getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from consortia.common.config.privacy_settings import ACCOUNTANTS, Accountant
+from pydantic import Field, ValidationError
+
+from consortia.common.config.privacy_settings import Accountant
 from consortia.common.crypto.hash_chain import (
     HASH_FIELD,
     PREV_FIELD,
@@ -30,7 +31,10 @@ from consortia.common.crypto.hash_chain import (
 )
 from consortia.common.errors import ConsortiaError
 from consortia.common.files import exclusive_lock, write_json_atomic
-from consortia.common.privacy.accounting import HistoryEntry, epsilon_of
+from consortia.common.privacy.spend import PrivacySpend, spend_error
+
+if TYPE_CHECKING:  # accounting loads Opacus and torch; run-folder readers run without them
+    from consortia.common.privacy.accounting import HistoryEntry
 
 __all__ = [
     "LEDGER_SCHEMA",
@@ -38,7 +42,6 @@ __all__ = [
     "LedgerError",
     "LedgerHead",
     "PrivacyLedger",
-    "RoundSpend",
     "ledger_lock",
     "ledger_path",
 ]
@@ -50,66 +53,30 @@ class LedgerError(ConsortiaError):
     """A ledger file is missing, unreadable, altered or belongs to another data set."""
 
 
-@dataclass(frozen=True)
-class RoundSpend:
-    """What one round of DP-SGD at a site spent, as the site reports it. `epsilon`
-    covers the data set's whole history up to and including the round; `run_epsilon`
-    only the rounds of this run."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-    epsilon: float
-    run_epsilon: float
-    accountant: str
-    max_grad_norm: float
-
-    def history_entry(self) -> HistoryEntry:
-        return (self.noise_multiplier, self.sample_rate, self.steps)
-
-
-@dataclass(frozen=True)
-class LedgerEntry(RoundSpend):
-    """One round of DP-SGD on the data set, as the ledger keeps it. `config_hash` is the
-    hash of the approved run config the round was trained under (the site's key for the
-    run's privacy target; empty in entries written before it was recorded)."""
+class LedgerEntry(PrivacySpend):
+    """One round of DP-SGD on the data set, as the ledger keeps it: the round's spend
+    (`PrivacySpend`) with the run, round and example count. `config_hash` is the hash of
+    the approved run config the round was trained under (the site's key for the run's
+    privacy target; empty in entries written before it was recorded)."""
 
     run_id: str
-    round: int
-    num_examples: int
+    round: Annotated[int, Field(ge=0)]
+    num_examples: Annotated[int, Field(ge=0)]
     recorded_at: str
-    config_hash: str = ""
+    config_hash: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")] = ""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> LedgerEntry:
-        expected = {f.name: f.type for f in fields(cls)}
-        missing = set(expected) - set(data) - set(_OPTIONAL_FIELDS)
+        """An entry as stored (its hash-chain fields and unknown keys are ignored);
+        `LedgerError` names `where` and each field that is missing or malformed."""
+        known = set(cls.model_fields)
+        missing = known - set(data) - set(_OPTIONAL_FIELDS)
         if missing:
             raise LedgerError(f"{where}: missing field(s) {sorted(missing)}")
-        values: dict[str, Any] = {}
-        for name, kind in expected.items():
-            value = data.get(name, _OPTIONAL_FIELDS.get(name))
-            if kind == "int" and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0
-            ):
-                raise LedgerError(f"{where}: {name} must be a non-negative integer")
-            if kind == "float":
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise LedgerError(f"{where}: {name} must be a number")
-                value = float(value)
-                if not math.isfinite(value) or value < 0:
-                    raise LedgerError(f"{where}: {name} must be finite and non-negative")
-            if kind == "str" and not isinstance(value, str):
-                raise LedgerError(f"{where}: {name} must be a string")
-            values[name] = value
-        if values["accountant"] not in ACCOUNTANTS:
-            raise LedgerError(f"{where}: unknown accountant {values['accountant']!r}")
-        if not 0 < values["sample_rate"] <= 1 or values["noise_multiplier"] <= 0:
-            raise LedgerError(f"{where}: sample_rate/noise_multiplier out of range")
-        if values["config_hash"] and not _HEX64.fullmatch(values["config_hash"]):
-            raise LedgerError(f"{where}: config_hash must be a hex SHA-256")
-        return cls(**values)
+        try:
+            return cls.model_validate({key: data[key] for key in known if key in data})
+        except ValidationError as err:
+            raise LedgerError(f"{where}: {spend_error(err)}") from None
 
 
 # Fields that entries written by earlier versions lack, with the value they stand for.
@@ -207,6 +174,8 @@ class PrivacyLedger:
 
     def spent(self, delta: float, accountant: Accountant) -> float:
         """Epsilon of everything recorded so far, recomputed from the history."""
+        from consortia.common.privacy.accounting import epsilon_of  # Opacus, on use
+
         return epsilon_of(self.history(), delta, accountant)
 
     def append(self, entry: LedgerEntry) -> None:
@@ -215,7 +184,7 @@ class PrivacyLedger:
             if self._records
             else genesis_for(self.dataset_fingerprint)
         )
-        record: dict[str, Any] = asdict(entry) | {PREV_FIELD: previous}
+        record: dict[str, Any] = entry.model_dump() | {PREV_FIELD: previous}
         record[HASH_FIELD] = chain_hash(record)
         self._records.append(record)
 

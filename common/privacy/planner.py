@@ -266,6 +266,46 @@ def check_plannable(
         )
 
 
+def _check_examples(
+    run: RunSettings, site: SiteSettings, num_examples: int, *, run_source: str, site_source: str
+) -> None:
+    """`PlanError` unless the data set's `num_examples` suit the study's batch size and the
+    site's delta."""
+    batch_size, delta = run.training.batch_size, site.privacy.delta
+    if num_examples <= 0:
+        raise PlanError(
+            f"{site_source}: data: the data set has no training examples for this study"
+        )
+    if batch_size > num_examples:
+        raise PlanError(
+            f"{run_source}: run.training.batch_size: {batch_size} is larger than the "
+            f"{num_examples} training examples of site {site.site.name}"
+        )
+    if delta >= 1.0 / num_examples:
+        raise PlanError(
+            f"{site_source}: privacy.delta: {delta:g} is not below 1/N = "
+            f"{1.0 / num_examples:g} for {num_examples} training examples"
+        )
+
+
+def _noise_multiplier(
+    run: RunSettings, site: SiteSettings, sample_rate: float, steps: int, *, run_source: str
+) -> float:
+    """The study's noise multiplier: the one it sets, else the one that reaches its target
+    epsilon at the site's delta over `steps` steps."""
+    privacy, delta = run.privacy, site.privacy.delta
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    target = float(privacy.target_epsilon or 0.0)
+    try:
+        return noise_for_target(target, delta, sample_rate, steps, privacy.accountant)
+    except ValueError as err:
+        raise PlanError(
+            f"{run_source}: run.privacy.target_epsilon: no noise multiplier reaches "
+            f"epsilon {target:g} at delta {delta:g} over {steps} steps: {err}"
+        ) from None
+
+
 def plan_study(
     run: RunSettings,
     site: SiteSettings,
@@ -279,47 +319,20 @@ def plan_study(
     examples and the ledger `history`. Raises `PlanError`, naming the file and field,
     for a study it cannot plan."""
     check_plannable(run, site, run_source=run_source, site_source=site_source)
-    privacy = run.privacy
-    policy = site.privacy
-    batch_size = run.training.batch_size
-    if num_examples <= 0:
-        raise PlanError(
-            f"{site_source}: data: the data set has no training examples for this study"
-        )
-    if batch_size > num_examples:
-        raise PlanError(
-            f"{run_source}: run.training.batch_size: {batch_size} is larger than the "
-            f"{num_examples} training examples of site {site.site.name}"
-        )
-    if policy.delta >= 1.0 / num_examples:
-        raise PlanError(
-            f"{site_source}: privacy.delta: {policy.delta:g} is not below 1/N = "
-            f"{1.0 / num_examples:g} for {num_examples} training examples"
-        )
+    privacy, policy, batch_size = run.privacy, site.privacy, run.training.batch_size
+    _check_examples(run, site, num_examples, run_source=run_source, site_source=site_source)
     poisson = poisson_plan(num_examples, batch_size)
     steps_per_round = poisson.steps(run.training.local_epochs)
     steps = steps_per_round * run.rounds
-    if privacy.noise_multiplier is not None:
-        sigma = privacy.noise_multiplier
-    else:
-        target = float(privacy.target_epsilon or 0.0)
-        try:
-            sigma = noise_for_target(
-                target, policy.delta, poisson.sample_rate, steps, privacy.accountant
-            )
-        except ValueError as err:
-            raise PlanError(
-                f"{run_source}: run.privacy.target_epsilon: no noise multiplier reaches "
-                f"epsilon {target:g} at delta {policy.delta:g} over {steps} steps: {err}"
-            ) from None
-    entry = (sigma, poisson.sample_rate, steps_per_round)
+    sigma = _noise_multiplier(run, site, poisson.sample_rate, steps, run_source=run_source)
     study = [(sigma, poisson.sample_rate, steps)]
-    study_epsilon = epsilon_of(study, policy.delta, privacy.accountant)
-    spent_before = epsilon_of(history, policy.delta, privacy.accountant)
-    spent_after = epsilon_of([*history, *study], policy.delta, privacy.accountant)
+    study_epsilon, spent_before, spent_after = (
+        epsilon_of(entries, policy.delta, privacy.accountant)
+        for entries in (study, history, [*history, *study])
+    )
     within = rounds_within_limit(
         history,
-        entry,
+        (sigma, poisson.sample_rate, steps_per_round),
         run.rounds,
         max_epsilon=policy.max_epsilon,
         delta=policy.delta,
@@ -327,7 +340,6 @@ def plan_study(
     )
     expected_batch = num_examples * poisson.sample_rate
     noise_to_clip = sigma / expected_batch
-    refusals = _refusals(site, run, sigma, poisson.sample_rate, num_examples, within)
     return PrivacyPlan(
         site=site.site.name,
         study=run.name,
@@ -352,7 +364,7 @@ def plan_study(
         noise_to_clip=noise_to_clip,
         outlook=learning_outlook(noise_to_clip),
         assessment=outlook_message(noise_to_clip, privacy.max_grad_norm, num_examples),
-        refusals=refusals,
+        refusals=_refusals(site, run, sigma, poisson.sample_rate, num_examples, within),
     )
 
 

@@ -5,6 +5,8 @@ The modules, one concept each:
 
 - ``instructions``: What the server asks a site to do in one message, as typed data on both
   ends.
+- ``object_pull``: A Runtime API ``PullObject`` call that waits out an object still being
+  uploaded.
 - ``record_digest``: The digest a site signs: every record of a reply except the signature
   itself.
 - ``record_fields``: Typed, validated access to the fields of Flower records.
@@ -25,8 +27,17 @@ if TYPE_CHECKING:
     from consortia.common.wire.instructions import (
         get_task as get_task,
     )
-    from consortia.common.wire.record_digest import (
-        record_digest as record_digest,
+    from consortia.common.wire.object_pull import (
+        DEFAULT_POLL_S as DEFAULT_POLL_S,
+    )
+    from consortia.common.wire.object_pull import (
+        DEFAULT_WAIT_S as DEFAULT_WAIT_S,
+    )
+    from consortia.common.wire.object_pull import (
+        ObjectPull as ObjectPull,
+    )
+    from consortia.common.wire.object_pull import (
+        PullObjectCall as PullObjectCall,
     )
     from consortia.common.wire.record_fields import (
         RecordFieldError as RecordFieldError,
@@ -100,9 +111,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APP_PACKAGES",
+    "DEFAULT_POLL_S",
+    "DEFAULT_WAIT_S",
     "DISTRIBUTION",
     "SHORT_HASH_LENGTH",
     "Instruction",
+    "ObjectPull",
+    "PullObjectCall",
     "RecordFieldError",
     "RunIdentity",
     "app_hash",
@@ -123,14 +138,17 @@ __all__ = [
     "metric_floats",
     "metric_lists",
     "package_roots",
-    "record_digest",
     "short_hash",
 ]
 
 _EXPORTS = {
     "APP_PACKAGES": "run_identity",
+    "DEFAULT_POLL_S": "object_pull",
+    "DEFAULT_WAIT_S": "object_pull",
     "DISTRIBUTION": "run_identity",
     "Instruction": "instructions",
+    "ObjectPull": "object_pull",
+    "PullObjectCall": "object_pull",
     "RecordFieldError": "record_fields",
     "RunIdentity": "run_identity",
     "SHORT_HASH_LENGTH": "run_identity",
@@ -152,7 +170,6 @@ _EXPORTS = {
     "metric_floats": "record_fields",
     "metric_lists": "record_fields",
     "package_roots": "run_identity",
-    "record_digest": "record_digest",
     "short_hash": "run_identity",
 }
 

@@ -3,14 +3,28 @@
 
 The modules, one concept each:
 
+- ``aggregation``: How a round's checked updates become the next global model: the interface the
+  round loop calls, and plain aggregation, its simplest form.
+- ``central_aggregation``: Central (client-level) differential privacy as a wrapper around the
+  run's strategy.
 - ``central_privacy``: Optional client-level (central) differential privacy at the server, done
   by Flower.
-- ``fedavg``: FedAvg: the example-weighted mean of the sites' flat weight vectors.
+- ``coordinate_wise``: The coordinate-wise robust strategies: FedMedian and FedTrimmedAvg,
+  unweighted like Flower's (the math is `robust.coordinate_median` / `robust.trimmed_mean`).
+- ``factory``: Building a run's aggregation once: the strategy `[run.strategy]` names (one class
+  per name), and the `Aggregation` around it (plain, central DP or secure aggregation).
+- ``fedavg``: FedAvg (and FedProx, FedAvg at the server): the example-weighted mean of the
+  sites' flat weight vectors.
+- ``fedopt``: FedAdam and FedYogi: FedAvg's weighted mean applied as a pseudo-gradient by a
+  server optimizer (the math is `server_optimizer.ServerOptimizer`'s, after Flower's `FedOpt`).
+- ``krum``: Krum and MultiKrum: keep the updates closest to their neighbours, like Flower's (the
+  math is `robust.krum_scores` / `robust.krum_select`).
 - ``robust``: Robust aggregation math on flat weight vectors: coordinate median, trimmed mean,
   Krum.
 - ``server_optimizer``: FedAdam / FedYogi: a server optimizer that applies the round's mean as a
   pseudo-gradient.
-- ``strategy``: The run's aggregation strategy (`[run.strategy]`, docs/strategies.md).
+- ``strategy``: The interface every aggregation strategy implements (`[run.strategy]`,
+  docs/strategies.md).
 - ``update_validation``: Norm checks on the plain updates of one round, before aggregation
   (`[validation]`).
 """
@@ -20,11 +34,59 @@ from typing import TYPE_CHECKING
 from consortia.common.faces import lazy_face
 
 if TYPE_CHECKING:
+    from consortia.server.aggregation.aggregation import (
+        NO_USABLE_UPDATE as NO_USABLE_UPDATE,
+    )
+    from consortia.server.aggregation.aggregation import (
+        RECORD_SECURE_AGGREGATION as RECORD_SECURE_AGGREGATION,
+    )
+    from consortia.server.aggregation.aggregation import (
+        REPORT_KEPT as REPORT_KEPT,
+    )
+    from consortia.server.aggregation.aggregation import (
+        Aggregation as Aggregation,
+    )
+    from consortia.server.aggregation.aggregation import (
+        RoundOutcome as RoundOutcome,
+    )
+    from consortia.server.aggregation.aggregation import (
+        RoundPlan as RoundPlan,
+    )
+    from consortia.server.aggregation.aggregation import (
+        require_linear as require_linear,
+    )
+    from consortia.server.aggregation.central_aggregation import (
+        RECORD_CENTRAL_PRIVACY as RECORD_CENTRAL_PRIVACY,
+    )
+    from consortia.server.aggregation.central_aggregation import (
+        CentralPrivacyAggregation as CentralPrivacyAggregation,
+    )
     from consortia.server.aggregation.central_privacy import (
         ACCOUNTANT_NAME as ACCOUNTANT_NAME,
     )
     from consortia.server.aggregation.central_privacy import (
         CentralPrivacy as CentralPrivacy,
+    )
+    from consortia.server.aggregation.coordinate_wise import (
+        FedMedian as FedMedian,
+    )
+    from consortia.server.aggregation.coordinate_wise import (
+        FedTrimmedAvg as FedTrimmedAvg,
+    )
+    from consortia.server.aggregation.factory import (
+        STRATEGIES as STRATEGIES,
+    )
+    from consortia.server.aggregation.factory import (
+        build_aggregation as build_aggregation,
+    )
+    from consortia.server.aggregation.factory import (
+        build_strategy as build_strategy,
+    )
+    from consortia.server.aggregation.fedavg import (
+        FedAvg as FedAvg,
+    )
+    from consortia.server.aggregation.fedavg import (
+        FedProx as FedProx,
     )
     from consortia.server.aggregation.fedavg import (
         UpdateShapeError as UpdateShapeError,
@@ -34,6 +96,21 @@ if TYPE_CHECKING:
     )
     from consortia.server.aggregation.fedavg import (
         weighted_average as weighted_average,
+    )
+    from consortia.server.aggregation.fedopt import (
+        FedAdam as FedAdam,
+    )
+    from consortia.server.aggregation.fedopt import (
+        FedOpt as FedOpt,
+    )
+    from consortia.server.aggregation.fedopt import (
+        FedYogi as FedYogi,
+    )
+    from consortia.server.aggregation.krum import (
+        Krum as Krum,
+    )
+    from consortia.server.aggregation.krum import (
+        MultiKrum as MultiKrum,
     )
     from consortia.server.aggregation.robust import (
         TooFewUpdatesError as TooFewUpdatesError,
@@ -92,9 +169,6 @@ if TYPE_CHECKING:
     from consortia.server.aggregation.strategy import (
         SiteUpdate as SiteUpdate,
     )
-    from consortia.server.aggregation.strategy import (
-        build_strategy as build_strategy,
-    )
     from consortia.server.aggregation.update_validation import (
         MIN_UPDATES_FOR_OUTLIERS as MIN_UPDATES_FOR_OUTLIERS,
     )
@@ -119,24 +193,44 @@ __all__ = [
     "DETAIL_SERVER_STEP",
     "DETAIL_TRIMMED_PER_END",
     "MIN_UPDATES_FOR_OUTLIERS",
+    "NO_USABLE_UPDATE",
     "OPTIMIZER_KINDS",
+    "RECORD_CENTRAL_PRIVACY",
+    "RECORD_SECURE_AGGREGATION",
+    "REPORT_KEPT",
+    "STRATEGIES",
     "UPDATE_NORM",
+    "Aggregation",
     "AggregationResult",
     "AggregationStrategy",
     "CentralPrivacy",
+    "CentralPrivacyAggregation",
+    "FedAdam",
+    "FedAvg",
+    "FedMedian",
+    "FedOpt",
+    "FedProx",
+    "FedTrimmedAvg",
+    "FedYogi",
+    "Krum",
+    "MultiKrum",
     "OptimizerKind",
+    "RoundOutcome",
+    "RoundPlan",
     "ServerOptimizer",
     "SiteUpdate",
     "StrategyStateError",
     "TooFewUpdatesError",
     "UpdateShapeError",
     "UpdateValidator",
+    "build_aggregation",
     "build_strategy",
     "check_update",
     "coordinate_median",
     "krum_scores",
     "krum_select",
     "krum_updates_needed",
+    "require_linear",
     "trimmed_count",
     "trimmed_mean",
     "update_norm",
@@ -146,17 +240,35 @@ __all__ = [
 
 _EXPORTS = {
     "ACCOUNTANT_NAME": "central_privacy",
+    "Aggregation": "aggregation",
     "AggregationResult": "strategy",
     "AggregationStrategy": "strategy",
     "CentralPrivacy": "central_privacy",
+    "CentralPrivacyAggregation": "central_aggregation",
     "DETAIL_BYZANTINE_SITES": "strategy",
     "DETAIL_KRUM_SCORES": "strategy",
     "DETAIL_SERVER_LEARNING_RATE": "strategy",
     "DETAIL_SERVER_STEP": "strategy",
     "DETAIL_TRIMMED_PER_END": "strategy",
+    "FedAdam": "fedopt",
+    "FedAvg": "fedavg",
+    "FedMedian": "coordinate_wise",
+    "FedOpt": "fedopt",
+    "FedProx": "fedavg",
+    "FedTrimmedAvg": "coordinate_wise",
+    "FedYogi": "fedopt",
+    "Krum": "krum",
     "MIN_UPDATES_FOR_OUTLIERS": "update_validation",
+    "MultiKrum": "krum",
+    "NO_USABLE_UPDATE": "aggregation",
     "OPTIMIZER_KINDS": "server_optimizer",
     "OptimizerKind": "server_optimizer",
+    "RECORD_CENTRAL_PRIVACY": "central_aggregation",
+    "RECORD_SECURE_AGGREGATION": "aggregation",
+    "REPORT_KEPT": "aggregation",
+    "RoundOutcome": "aggregation",
+    "RoundPlan": "aggregation",
+    "STRATEGIES": "factory",
     "ServerOptimizer": "server_optimizer",
     "SiteUpdate": "strategy",
     "StrategyStateError": "server_optimizer",
@@ -164,12 +276,14 @@ _EXPORTS = {
     "UPDATE_NORM": "update_validation",
     "UpdateShapeError": "fedavg",
     "UpdateValidator": "update_validation",
-    "build_strategy": "strategy",
+    "build_aggregation": "factory",
+    "build_strategy": "factory",
     "check_update": "fedavg",
     "coordinate_median": "robust",
     "krum_scores": "robust",
     "krum_select": "robust",
     "krum_updates_needed": "robust",
+    "require_linear": "aggregation",
     "trimmed_count": "robust",
     "trimmed_mean": "robust",
     "update_norm": "update_validation",

@@ -1,12 +1,20 @@
-"""FedAvg: the example-weighted mean of the sites' flat weight vectors."""
+"""FedAvg (and FedProx, FedAvg at the server): the example-weighted mean of the sites'
+flat weight vectors."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["UpdateShapeError", "check_update", "weighted_average"]
+from consortia.server.aggregation.strategy import (
+    AggregationResult,
+    AggregationStrategy,
+    SiteUpdate,
+)
+
+__all__ = ["FedAvg", "FedProx", "UpdateShapeError", "check_update", "weighted_average"]
 
 
 class UpdateShapeError(ValueError):
@@ -34,3 +42,31 @@ def weighted_average(updates: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
     for vector, count in updates:
         acc += vector.astype(np.float64) * (count / total)
     return acc.astype(updates[0][0].dtype)
+
+
+class FedAvg(AggregationStrategy):
+    """FedAvg: the next global model is the example-weighted mean of the sites' models."""
+
+    linear: ClassVar[bool] = True
+
+    def apply_mean(self, global_weights: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        """The next global weights from the round's weighted mean: the mean itself."""
+        if mean.shape != global_weights.shape:
+            raise ValueError(
+                f"mean has shape {mean.shape}, the global model {global_weights.shape}"
+            )
+        return mean.astype(global_weights.dtype, copy=False)
+
+    def _combine(
+        self, global_weights: np.ndarray, updates: Sequence[SiteUpdate]
+    ) -> AggregationResult:
+        mean = weighted_average([(u.weights, u.examples) for u in updates])
+        new = self.apply_mean(global_weights, mean)
+        sites = [update.site for update in updates]
+        details = self.mean_details()
+        return AggregationResult(new.astype(global_weights.dtype, copy=False), sites, details)
+
+
+class FedProx(FedAvg):
+    """FedProx: FedAvg at the server; the sites add the proximal term
+    `proximal_mu / 2 * ||w - w_global||^2` to their loss (the train instruction's `proximal_mu`)."""

@@ -1,19 +1,16 @@
-"""The run's aggregation strategy (`[run.strategy]`, docs/strategies.md).
+"""The interface every aggregation strategy implements (`[run.strategy]`, docs/strategies.md).
 
-`AggregationStrategy` turns one round's site updates (each a full flat model, float32)
-into the next global model:
+An `AggregationStrategy` turns one round's site updates (each a full flat model, float32)
+into the next global model. There is one class per rule, each in the module of its math:
 
-- linear strategies (fedavg, fedprox, fedadam, fedyogi) take the example-weighted mean
-  and pass it to `apply_mean`, which runs the server optimizer for fedadam / fedyogi.
-  Under secure aggregation the server only learns that mean, so the round loop calls
-  `apply_mean` itself;
-- median and trimmed_mean are coordinate-wise and unweighted, like Flower's FedMedian
-  and FedTrimmedAvg;
-- krum keeps the one update with the lowest Krum score; multi_krum averages the
-  `multi_krum_keep` lowest-scoring ones weighted by examples, like Flower's MultiKrum.
+- `FedAvg` / `FedProx` (`fedavg`) and `FedAdam` / `FedYogi` (`fedopt`) are linear: they
+  need only the example-weighted mean of the updates, which `apply_mean` turns into the
+  next model. Under central privacy or secure aggregation the server only learns such a
+  mean, so those wrappers (`central_aggregation`, `secure_round`) call `apply_mean`;
+- `FedMedian` and `FedTrimmedAvg` (`coordinate_wise`) and `Krum` / `MultiKrum` (`krum`)
+  need every update and refuse a mean.
 
-The math lives in `server.aggregation`, `server.robust_aggregation` and
-`server.server_optimizer`; this module only picks and records.
+`build_strategy` (`factory`) builds the one the settings name.
 """
 
 from __future__ import annotations
@@ -21,21 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from consortia.common.config.strategy_settings import StrategySettings
-from consortia.server.aggregation.fedavg import weighted_average
-from consortia.server.aggregation.robust import (
-    TooFewUpdatesError,
-    coordinate_median,
-    krum_scores,
-    krum_select,
-    krum_updates_needed,
-    trimmed_count,
-    trimmed_mean,
-)
+from consortia.server.aggregation.robust import TooFewUpdatesError
 from consortia.server.aggregation.server_optimizer import ServerOptimizer, StrategyStateError
 
 __all__ = [
@@ -49,7 +37,6 @@ __all__ = [
     "SiteUpdate",
     "StrategyStateError",
     "TooFewUpdatesError",
-    "build_strategy",
 ]
 
 logger = logging.getLogger("consortia.server")
@@ -84,45 +71,31 @@ class AggregationResult:
 
 
 class AggregationStrategy:
-    """One run's aggregation rule, built from `StrategySettings`; stateful only for
-    fedadam / fedyogi (the server optimizer's moments)."""
+    """One run's aggregation rule, built from `StrategySettings`. Subclasses implement
+    `_combine` (and, if linear, `apply_mean`); only the server optimizers keep state."""
+
+    linear: ClassVar[bool] = False
 
     def __init__(self, settings: StrategySettings) -> None:
         self.settings = settings
         self.name: str = settings.name
-        self.linear: bool = settings.linear
         self.optimizer: ServerOptimizer | None = None
-        if settings.name == "fedadam" or settings.name == "fedyogi":
-            self.optimizer = ServerOptimizer(
-                settings.name,
-                learning_rate=settings.server_learning_rate,
-                beta_1=settings.beta_1,
-                beta_2=settings.beta_2,
-                tau=settings.tau,
-            )
 
     def updates_needed(self) -> int:
-        """The fewest updates a round needs for this strategy (Krum: 2f + 3)."""
-        if self.name in ("krum", "multi_krum"):
-            return krum_updates_needed(self.settings.byzantine_sites)
+        """The fewest updates a round needs for this strategy."""
         return 1
 
     def apply_mean(self, global_weights: np.ndarray, mean: np.ndarray) -> np.ndarray:
-        """The next global weights from the round's weighted mean of the sites' models:
-        the server optimizer's step for fedadam / fedyogi, otherwise the mean itself.
-        Only for linear strategies (the one thing secure aggregation reveals is the mean)."""
-        if not self.linear:
-            raise ValueError(
-                f'strategy "{self.name}" needs each site\'s update; it cannot work from '
-                "their mean alone"
-            )
-        if mean.shape != global_weights.shape:
-            raise ValueError(
-                f"mean has shape {mean.shape}, the global model {global_weights.shape}"
-            )
-        if self.optimizer is None:
-            return mean.astype(global_weights.dtype, copy=False)
-        return self.optimizer.step(global_weights, mean)
+        """The next global weights from the round's weighted mean of the sites' models;
+        only linear strategies can (the one thing secure aggregation reveals is the mean)."""
+        raise ValueError(
+            f'strategy "{self.name}" needs each site\'s update; it cannot work from '
+            "their mean alone"
+        )
+
+    def mean_details(self) -> dict[str, Any]:
+        """What a round aggregated from a mean alone reports (the optimizer's step)."""
+        return {}
 
     def _check(self, global_weights: np.ndarray, updates: Sequence[SiteUpdate]) -> None:
         if not updates:
@@ -151,62 +124,14 @@ class AggregationStrategy:
         self._check(global_weights, updates)
         # In site order, not arrival order: floating-point sums then come out the same
         # bits in every run, so a resumed run can reproduce an uninterrupted one exactly.
-        updates = sorted(updates, key=lambda update: update.site)
-        dtype = global_weights.dtype
-        sites = [update.site for update in updates]
-        vectors = [update.weights for update in updates]
-        if self.linear:
-            mean = weighted_average([(u.weights, u.examples) for u in updates])
-            new = self.apply_mean(global_weights, mean)
-            details: dict[str, Any] = {}
-            if self.optimizer is not None:
-                details[DETAIL_SERVER_STEP] = self.optimizer.steps
-                details[DETAIL_SERVER_LEARNING_RATE] = self.optimizer.effective_learning_rate(
-                    self.optimizer.steps
-                )
-            return AggregationResult(new.astype(dtype, copy=False), sites, details)
-        if self.name == "median":
-            return AggregationResult(coordinate_median(vectors).astype(dtype), sites)
-        if self.name == "trimmed_mean":
-            fraction = self.settings.trim_fraction
-            cut = trimmed_count(len(vectors), fraction)
-            if cut == 0:
-                logger.warning(
-                    "trimmed_mean: trim_fraction=%g cuts nothing from %d updates (a plain mean)",
-                    fraction,
-                    len(vectors),
-                )
-            new = trimmed_mean(vectors, fraction).astype(dtype)
-            return AggregationResult(new, sites, {DETAIL_TRIMMED_PER_END: cut})
-        return self._krum(updates, dtype)
+        ordered = sorted(updates, key=lambda update: update.site)
+        return self._combine(global_weights, ordered)
 
-    def _krum(self, updates: Sequence[SiteUpdate], dtype: np.dtype[Any]) -> AggregationResult:
-        byzantine = self.settings.byzantine_sites
-        vectors = [update.weights for update in updates]
-        scores = krum_scores(vectors, byzantine)
-        keep = 1
-        if self.name == "multi_krum":
-            most = len(updates) - byzantine
-            keep = min(self.settings.multi_krum_keep or most, most)
-            if self.settings.multi_krum_keep > most:
-                logger.warning(
-                    "multi_krum: keeping %d of %d updates (at most n - byzantine_sites), "
-                    "not multi_krum_keep=%d",
-                    keep,
-                    len(updates),
-                    self.settings.multi_krum_keep,
-                )
-        chosen = krum_select(vectors, byzantine, keep, scores=scores)
-        kept = [updates[i] for i in chosen]
-        if len(kept) == 1:
-            new = kept[0].weights.astype(dtype, copy=True)
-        else:
-            new = weighted_average([(u.weights, u.examples) for u in kept]).astype(dtype)
-        details = {
-            DETAIL_KRUM_SCORES: {u.site: float(s) for u, s in zip(updates, scores, strict=True)},
-            DETAIL_BYZANTINE_SITES: byzantine,
-        }
-        return AggregationResult(new, sorted(u.site for u in kept), details)
+    def _combine(
+        self, global_weights: np.ndarray, updates: Sequence[SiteUpdate]
+    ) -> AggregationResult:
+        """The rule itself, on checked updates in site order."""
+        raise NotImplementedError(f"{type(self).__name__} does not aggregate")
 
     def state_dict(self) -> dict[str, Any]:
         """The strategy's name and, for fedadam / fedyogi, the optimizer's state (a flat
@@ -233,8 +158,3 @@ class AggregationStrategy:
                 )
             return
         self.optimizer.load_state_dict(rest, vector_size=vector_size)
-
-
-def build_strategy(settings: StrategySettings) -> AggregationStrategy:
-    """The aggregation strategy that `[run.strategy]` describes."""
-    return AggregationStrategy(settings)

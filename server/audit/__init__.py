@@ -7,8 +7,7 @@ The modules, one concept each:
   the site's own ledger and recomputed independently with dp-accounting.
 - ``privacy_recompute``: Independent recomputation of DP-SGD epsilon with Google's dp-accounting
   package.
-- ``privacy_results``: The privacy records of a run folder's `results.json`, read and checked
-  for the audit.
+- ``privacy_results``: The privacy records of a run folder's `results.json`, read for the audit.
 - ``verify``: What `consortia audit verify PATH` checks: an audit log file, a run folder (its
   `audit.jsonl`, its signed `provenance.json` and its checkpoints) or a node state folder (its
   `audit.jsonl`).
@@ -77,13 +76,13 @@ if TYPE_CHECKING:
         RunPrivacyRecords as RunPrivacyRecords,
     )
     from consortia.server.audit.privacy_results import (
-        ServerRecord as ServerRecord,
-    )
-    from consortia.server.audit.privacy_results import (
-        SitePolicy as SitePolicy,
+        SpentRound as SpentRound,
     )
     from consortia.server.audit.privacy_results import (
         read_run_records as read_run_records,
+    )
+    from consortia.server.audit.privacy_results import (
+        spent_of_ledger_entry as spent_of_ledger_entry,
     )
     from consortia.server.audit.verify import (
         VERDICT_ALTERED as VERDICT_ALTERED,
@@ -129,9 +128,8 @@ __all__ = [
     "Recomputer",
     "RoundAudit",
     "RunPrivacyRecords",
-    "ServerRecord",
     "SiteAudit",
-    "SitePolicy",
+    "SpentRound",
     "VerifyReport",
     "audit_privacy",
     "dp_event_of",
@@ -140,6 +138,7 @@ __all__ = [
     "pld_epsilon",
     "rdp_epsilon",
     "read_run_records",
+    "spent_of_ledger_entry",
     "verify_path",
 ]
 
@@ -157,9 +156,8 @@ _EXPORTS = {
     "Recomputer": "privacy_recompute",
     "RoundAudit": "privacy_audit",
     "RunPrivacyRecords": "privacy_results",
-    "ServerRecord": "privacy_results",
     "SiteAudit": "privacy_audit",
-    "SitePolicy": "privacy_results",
+    "SpentRound": "privacy_results",
     "VALUE_DISCRETIZATION_INTERVAL": "privacy_recompute",
     "VERDICT_ALTERED": "verify",
     "VERDICT_INTACT": "verify",
@@ -173,6 +171,7 @@ _EXPORTS = {
     "pld_epsilon": "privacy_recompute",
     "rdp_epsilon": "privacy_recompute",
     "read_run_records": "privacy_results",
+    "spent_of_ledger_entry": "privacy_results",
     "verify_path": "verify",
 }
 

@@ -161,7 +161,7 @@ def _summary_table(audit: PrivacyAudit) -> Table:
         style = _STATUS_STYLE.get(site.status, "yellow")
         table.add_row(
             escape(site.name),
-            (policy.dataset_fingerprint[:8] + "…") if policy else "?",
+            (policy.dataset_fingerprint or "?")[:8] + "…" if policy else "?",
             f"{policy.max_epsilon:g}" if policy else "—",
             f"{policy.delta:.3g}" if policy else "—",
             _eps(policy.epsilon_before_run if policy else None),
@@ -205,21 +205,22 @@ def render_audit(audit: PrivacyAudit, console: Console) -> None:
     console.print(
         f"[bold]Privacy audit of run {escape(audit.run_name)}[/] ({escape(audit.run_dir)})"
     )
-    if sample.get("noise_multiplier") is not None:
-        budget = f"fixed noise multiplier {sample['noise_multiplier']:g}"
+    if sample.noise_multiplier is not None:
+        budget = f"fixed noise multiplier {sample.noise_multiplier:g}"
     else:
-        budget = f"target ε per run {sample.get('target_epsilon')}"
+        budget = f"target ε per run {sample.target_epsilon}"
     console.print(
         "sample-level DP-SGD: "
-        + ("on" if sample.get("enabled", True) else "[red]off[/]")
-        + f", accountant {sample.get('accountant', '?')}, clipping norm "
-        f"{sample.get('max_grad_norm', '?')}, {budget}",
+        + ("on" if sample.enabled else "[red]off[/]")
+        + f", accountant {sample.accountant or '?'}, clipping norm "
+        f"{sample.max_grad_norm if sample.max_grad_norm is not None else '?'}, {budget}",
         highlight=False,
     )
-    if audit.central.get("enabled"):
+    central = audit.central
+    if central is not None and central.enabled:
         console.print(
-            f"central (client-level) DP: noise multiplier {audit.central.get('noise_multiplier')}"
-            f", δ {audit.central.get('delta')}, ε {audit.central.get('epsilon')}"
+            f"central (client-level) DP: noise multiplier {central.noise_multiplier}"
+            f", δ {central.delta}, ε {central.epsilon}"
         )
     console.print(_summary_table(audit))
     for site in audit.sites:

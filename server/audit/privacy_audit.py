@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from consortia.common.errors import ConsortiaError
+from pydantic import BaseModel
+
 from consortia.common.privacy.ledger import LedgerEntry, LedgerError, LedgerHead, PrivacyLedger
 from consortia.server.audit.privacy_recompute import (
     VALUE_DISCRETIZATION_INTERVAL,
@@ -33,11 +34,15 @@ from consortia.server.audit.privacy_recompute import (
 )
 from consortia.server.audit.privacy_results import (
     RunPrivacyRecords,
-    ServerRecord,
-    SitePolicy,
     read_run_records,
+    spent_of_ledger_entry,
 )
-from consortia.server.run.folder import RESULTS_FILE
+from consortia.server.run.record import (
+    CentralPrivacyRecord,
+    RoundSpent,
+    SampleLevelPrivacy,
+    SitePrivacyRecord,
+)
 
 __all__ = [
     "AUDIT_SCHEMA",
@@ -81,7 +86,7 @@ class RoundAudit:
 
     round: int
     source: str
-    reported: ServerRecord
+    reported: RoundSpent
     run_recomputed: Recomputed | None
     ledger_epsilon: float | None = None
     lifetime_recomputed: Recomputed | None = None
@@ -118,7 +123,7 @@ class SiteAudit:
     (`epsilon`: lifetime as reported; `recomputed`: lifetime from its ledger, if given)."""
 
     name: str
-    policy: SitePolicy | None
+    policy: SitePrivacyRecord | None
     rounds: list[RoundAudit]
     ledger: str | None
     epsilon: float | None
@@ -133,8 +138,8 @@ class PrivacyAudit:
 
     run_dir: str
     run_name: str
-    sample_level: dict[str, Any]
-    central: dict[str, Any]
+    sample_level: SampleLevelPrivacy
+    central: CentralPrivacyRecord | None
     sites: list[SiteAudit]
     ledgers: list[LedgerAudit]
     flags: list[Flag]
@@ -163,6 +168,8 @@ class PrivacyAudit:
 
 
 def _finite(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _finite(value.model_dump(mode="json", exclude_unset=True))
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -211,7 +218,7 @@ def _over_limit(rec: Recomputed, accountant: str, limit: float) -> bool:
     return accountant == "rdp" and exact_rdp and rec.rdp > limit * (1 + RDP_TOLERANCE)
 
 
-def _differences(record: ServerRecord, entry: LedgerEntry) -> list[str]:
+def _differences(record: RoundSpent, entry: LedgerEntry) -> list[str]:
     pairs: list[tuple[str, float, float, float]] = [
         ("noise_multiplier", record.noise_multiplier, entry.noise_multiplier, PARAM_TOLERANCE),
         ("sample_rate", record.sample_rate, entry.sample_rate, PARAM_TOLERANCE),
@@ -243,24 +250,6 @@ class _LoadedLedger:
     entries: list[LedgerEntry]
     recomputed: list[Recomputed]  # lifetime epsilon after each entry
     heads: list[LedgerHead]  # every head the ledger has had, from empty to now
-
-
-def _recorded_heads(run_dir: Path) -> dict[str, list[tuple[int, LedgerHead]]]:
-    """The ledger heads the server recorded per site and round (`rounds[].ledger_heads`
-    of results.json: what each train reply carried). `ConsortiaError` names a bad one."""
-    results = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-    heads: dict[str, list[tuple[int, LedgerHead]]] = {}
-    for index, entry in enumerate(results.get("rounds") or []):
-        recorded = entry.get("ledger_heads") if isinstance(entry, dict) else None
-        if recorded is None:
-            continue
-        where = f"{run_dir / RESULTS_FILE}: rounds[{index}].ledger_heads"
-        if not isinstance(recorded, dict):
-            raise ConsortiaError(f"{where}: must be an object of site: head")
-        for site, data in recorded.items():
-            head = LedgerHead.from_dict(data, f"{where}[{site!r}]")
-            heads.setdefault(str(site), []).append((int(entry["round"]), head))
-    return heads
 
 
 def _head_flags(
@@ -357,7 +346,8 @@ def _site_rounds(
     name: str, run: RunPrivacyRecords, ledger: _LoadedLedger | None, recomputer: Recomputer
 ) -> tuple[list[RoundAudit], list[Flag]]:
     """The site's rounds in this run, from the server's records and the site's ledger."""
-    records = run.records.get(name, [])
+    spent_rounds = run.records.get(name, [])
+    records = [spent.spend for spent in spent_rounds]
     run_recomputed = recomputer.prefixes(
         [record.history_entry() for record in records], [record.delta for record in records]
     )
@@ -366,34 +356,33 @@ def _site_rounds(
         in_ledger[(entry.run_id, entry.round)] = index
     flags: list[Flag] = []
     rows: list[RoundAudit] = []
-    for record, rec in zip(records, run_recomputed, strict=True):
-        where = f"site {name} round {record.round}"
+    for spent, rec in zip(spent_rounds, run_recomputed, strict=True):
+        record, round_ = spent.spend, spent.round
+        where = f"site {name} round {round_}"
         what = f"{where}: run epsilon"
-        flags += _accuracy_flags(
-            record.run_epsilon, rec, record.accountant, what, name, record.round
-        )
+        flags += _accuracy_flags(record.run_epsilon, rec, record.accountant, what, name, round_)
         if record.epsilon < rec.pld * (1 - PLD_TOLERANCE) - 1e-9:
             message = (
                 f"{where}: lifetime epsilon {record.epsilon:.4g} is below dp-accounting's PLD "
                 f"bound {rec.pld:.4g} for this run's rounds alone (under-reported)"
             )
-            flags.append(Flag("under_reported", message, name, record.round))
-        row = RoundAudit(record.round, "server", record, rec)
-        key = (run.run_name, record.round)
+            flags.append(Flag("under_reported", message, name, round_))
+        row = RoundAudit(round_, "server", record, rec)
+        key = (run.run_name, round_)
         found = in_ledger.pop(key) if key in in_ledger else None
         if ledger is not None and found is None:
             message = f"{where}: the server recorded this round; the ledger has no entry"
-            flags.append(Flag("missing_ledger_entry", message, name, record.round))
+            flags.append(Flag("missing_ledger_entry", message, name, round_))
         elif ledger is not None and found is not None:
             entry, lifetime = ledger.entries[found], ledger.recomputed[found]
             row = replace(row, ledger_epsilon=entry.epsilon, lifetime_recomputed=lifetime)
             differences = _differences(record, entry)
             if differences:
                 message = f"{where}: server and ledger differ: " + "; ".join(differences)
-                flags.append(Flag("mismatch", message, name, record.round))
+                flags.append(Flag("mismatch", message, name, round_))
                 what = f"{where}: server's lifetime epsilon"
                 flags += _accuracy_flags(
-                    record.epsilon, lifetime, record.accountant, what, name, record.round
+                    record.epsilon, lifetime, record.accountant, what, name, round_
                 )
         rows.append(row)
     for (run_id, round_), index in in_ledger.items():
@@ -405,7 +394,7 @@ def _site_rounds(
             f"{entry.epsilon:.4g}) but the server recorded no update (lost reply?)"
         )
         flags.append(Flag("unreported_ledger_entry", message, name, round_))
-        reported = ServerRecord.from_ledger_entry(entry)
+        reported = spent_of_ledger_entry(entry)
         rows.append(
             RoundAudit(round_, "ledger", reported, None, entry.epsilon, ledger.recomputed[index])
         )
@@ -436,7 +425,7 @@ def _limit_flags(name: str, limit: float | None, rows: Iterable[RoundAudit]) -> 
     return []
 
 
-def _status(flags: Sequence[Flag], policy: SitePolicy | None) -> str:
+def _status(flags: Sequence[Flag], policy: SitePrivacyRecord | None) -> str:
     if any(flag.kind == "over_limit" for flag in flags):
         return "over limit"
     if flags:
@@ -452,7 +441,7 @@ def _status(flags: Sequence[Flag], policy: SitePolicy | None) -> str:
 def _run_flags(run: RunPrivacyRecords) -> list[Flag]:
     """Findings about the run as a whole, before any site is audited."""
     flags: list[Flag] = []
-    enabled = bool(run.sample_level.get("enabled", True))
+    enabled = run.sample_level.enabled
     if not enabled:
         message = "sample-level DP-SGD was disabled in this run: no per-example guarantee"
         flags.append(Flag("dp_disabled", message))
@@ -464,13 +453,13 @@ def _run_flags(run: RunPrivacyRecords) -> list[Flag]:
         if other is not None and other != policy.dataset_fingerprint:
             message = (
                 f"site {name}: data set {other[:12]}… in sites[] but "
-                f"{policy.dataset_fingerprint[:12]}… in privacy.sites"
+                f"{(policy.dataset_fingerprint or '')[:12]}… in privacy.sites"
             )
             flags.append(Flag("fingerprint_mismatch", message, name))
     if enabled:
         for round_, names in sorted(run.participants.items()):
             for name in names:
-                if not any(record.round == round_ for record in run.records.get(name, [])):
+                if not any(spent.round == round_ for spent in run.records.get(name, [])):
                     message = f"site {name} round {round_}: trained, but no privacy record"
                     flags.append(Flag("missing_server_record", message, name, round_))
     return flags
@@ -492,14 +481,13 @@ def audit_privacy(
     by_fingerprint = run.sites_by_fingerprint()
     ledger_audits, loaded, ledger_flags = _audit_ledgers(ledgers, by_fingerprint, recomputer)
     flags += ledger_flags
-    recorded_heads = _recorded_heads(run_dir)
     sites: list[SiteAudit] = []
     for name in run.site_names():
         policy = run.sites.get(name)
         ledger = loaded.get(name)
         rows, site_flags = _site_rounds(name, run, ledger, recomputer)
         if ledger is not None:
-            site_flags += _head_flags(name, recorded_heads.get(name, []), ledger)
+            site_flags += _head_flags(name, run.ledger_heads.get(name, []), ledger)
         site_flags += _limit_flags(name, policy.max_epsilon if policy else None, rows)
         flags += site_flags
         last = rows[-1] if rows else None

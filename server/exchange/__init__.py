@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from consortia.server.exchange.messaging import (
         exchange as exchange,
     )
+    from consortia.server.exchange.messaging import (
+        wait_for_uploads as wait_for_uploads,
+    )
     from consortia.server.exchange.reply_verifier import (
         ReplyVerifier as ReplyVerifier,
     )
@@ -60,7 +63,13 @@ if TYPE_CHECKING:
         site_from_reply as site_from_reply,
     )
     from consortia.server.exchange.updates import (
+        NO_REPLY as NO_REPLY,
+    )
+    from consortia.server.exchange.updates import (
         AcceptedUpdate as AcceptedUpdate,
+    )
+    from consortia.server.exchange.updates import (
+        UpdateCollector as UpdateCollector,
     )
     from consortia.server.exchange.updates import (
         accept_update as accept_update,
@@ -70,6 +79,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "NO_REPLY",
     "AcceptedUpdate",
     "NoTrainingSiteError",
     "Quorum",
@@ -78,6 +88,7 @@ __all__ = [
     "Site",
     "SiteAnswer",
     "SiteRoster",
+    "UpdateCollector",
     "VerifiedExchange",
     "VerifiedReply",
     "accept_update",
@@ -86,10 +97,12 @@ __all__ = [
     "read_answers",
     "signer_of",
     "site_from_reply",
+    "wait_for_uploads",
 ]
 
 _EXPORTS = {
     "AcceptedUpdate": "updates",
+    "NO_REPLY": "updates",
     "NoTrainingSiteError": "site_roster",
     "Quorum": "messaging",
     "QuorumLostError": "site_roster",
@@ -97,6 +110,7 @@ _EXPORTS = {
     "Site": "sites",
     "SiteAnswer": "discovery",
     "SiteRoster": "site_roster",
+    "UpdateCollector": "updates",
     "VerifiedExchange": "verified_exchange",
     "VerifiedReply": "reply_verifier",
     "accept_update": "updates",
@@ -105,6 +119,7 @@ _EXPORTS = {
     "read_answers": "discovery",
     "signer_of": "reply_verifier",
     "site_from_reply": "sites",
+    "wait_for_uploads": "messaging",
 }
 
 __getattr__, __dir__ = lazy_face(__name__, _EXPORTS)

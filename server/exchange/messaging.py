@@ -1,4 +1,10 @@
-"""One exchange over Flower's Grid: push messages, pull replies as they arrive."""
+"""One exchange over Flower's Grid: push messages, pull replies as they arrive.
+
+Replies are polled every `poll_interval_s` (50 ms). The SuperLink shows a reply as soon as
+its site announced it, before the reply's objects are uploaded; a pull in between would
+make Flower's object pull back off for a second or more, so `exchange` first makes the
+grid's object pulls wait out such uploads (`wait_for_uploads`).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,15 @@ from dataclasses import dataclass
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-__all__ = ["Quorum", "exchange"]
+from consortia.common.wire.object_pull import ObjectPull
+
+__all__ = ["Quorum", "exchange", "wait_for_uploads"]
 
 logger = logging.getLogger("consortia.server")
+
+# The Runtime API client of Flower 1.41's HttpGrid (the grid a deployed ServerApp gets);
+# the in-memory grid of a simulation has none and needs no waiting.
+RUNTIME_CLIENT = "_runtime_client"
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,13 @@ class Quorum:
         return answered >= self.needed
 
 
+def wait_for_uploads(grid: Grid) -> ObjectPull | None:
+    """Make `grid`'s reply pulls ask again every 20 ms while a reply's objects are still
+    uploading, instead of Flower's backoff from 1 s (done once per grid); returns the
+    wrapper, or None for a grid without a Runtime API client."""
+    return ObjectPull.wrap_client(getattr(grid, RUNTIME_CLIENT, None))
+
+
 def exchange(
     grid: Grid,
     messages: Sequence[Message],
@@ -43,6 +62,7 @@ def exchange(
     """Push `messages` and pull replies until all came or `timeout_s` passed (or, with
     a `quorum`, its grace time after it was met); returns the replies by destination
     node id (late nodes are missing and logged)."""
+    wait_for_uploads(grid)
     message_ids = list(grid.push_messages(messages))
     node_of = {
         mid: msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True)

@@ -11,7 +11,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 
 from flwr.serverapp import Grid
@@ -150,11 +150,10 @@ class SiteRoster:
                 dataset_fingerprint=site.data_fingerprint,
                 round=round_number,
             )
-        self.folder.results["sites"] = [
-            asdict(site) | {"role": site.role.value} for site in self.sites.values()
-        ]
-        self.folder.results["privacy"] = self.privacy.section()
-        self.folder.save()
+        self.folder.update(
+            sites=[asdict(site) | {"role": site.role.value} for site in self.sites.values()],
+            privacy=self.privacy.section(),
+        )
 
     def leave_out(self, node_id: int, reason: str) -> None:
         """A node that answered but does not take part: recorded, never asked again."""
@@ -213,6 +212,34 @@ class SiteRoster:
 
     def quorum_size(self, asked: int) -> int:
         return max(1, math.ceil(self.settings.quorum * asked - 1e-9))
+
+    def check_round_quorum(
+        self, round_number: int, usable: int, asked: Sequence[Site], left_out: Mapping[str, str]
+    ) -> None:
+        """Raise `QuorumLostError` when `usable` updates miss the quorum of the training
+        sites `asked` (those whose privacy policy refused leave training and do not count)."""
+        answerable = [s for s in asked if s.name not in self.privacy.excluded]
+        needed = self.quorum_size(len(answerable)) if answerable else 0
+        if usable < needed:
+            raise QuorumLostError(
+                f"round {round_number}: {usable} usable update(s) of the "
+                f"{len(answerable)} training sites asked, the quorum needs {needed} "
+                f"(quorum = {self.settings.quorum}); left out: "
+                + "; ".join(f"{name}: {reason}" for name, reason in sorted(left_out.items()))
+            )
+
+    def too_few_trainers(self) -> str | None:
+        """Why training ends: fewer eligible training sites than `min_training_sites`."""
+        eligible = self.privacy.eligible(
+            site.name for site in self.sites.values() if site.role is Role.TRAIN
+        )
+        needed = self.settings.min_training_sites
+        if len(eligible) >= needed:
+            return None
+        return (
+            f"{len(eligible)} training site(s) left, fewer than min_training_sites={needed} "
+            f"(left training: {', '.join(sorted(self.privacy.excluded)) or 'none'})"
+        )
 
     def await_quorum(self, round_number: int) -> set[int]:
         """The connected node ids once enough training sites are connected for the

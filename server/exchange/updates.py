@@ -5,18 +5,22 @@ holding exactly the weights array, the train metrics), the weights' shape, dtype
 values (or, under secure aggregation, the masked vector's shape), the example count
 against what the site registered, the privacy ledger's head (required under DP) and
 under DP the privacy record. Checks across the
-round's updates (norms) are `consortia.server.aggregation.update_validation`'s.
+round's updates (norms) are `consortia.server.aggregation.update_validation`'s;
+`UpdateCollector` applies both to a round's replies and records who was left out.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
+from consortia.common.audit.log import PRIVACY_SPENT, SITE_LEFT_OUT, UPDATE_REJECTED
 from consortia.common.privacy.ledger import LedgerError, LedgerHead
 from consortia.common.secure_aggregation.config import SecAggError
 from consortia.common.secure_aggregation.wire import decode_ciphertexts
@@ -29,10 +33,20 @@ from consortia.common.wire.record_fields import (
     get_metric_record,
 )
 from consortia.server.aggregation.fedavg import UpdateShapeError, check_update
+from consortia.server.aggregation.update_validation import (
+    UPDATE_NORM,
+    UpdateValidator,
+    update_norms,
+)
 from consortia.server.exchange.sites import Site
+from consortia.server.run.folder import RunFolder
 from consortia.server.run.privacy import RunPrivacy, read_privacy_report, spend_record
 
-__all__ = ["AcceptedUpdate", "accept_update"]
+__all__ = ["NO_REPLY", "AcceptedUpdate", "UpdateCollector", "accept_update"]
+
+logger = logging.getLogger("consortia.server")
+
+NO_REPLY = "no reply before the round timeout"
 
 
 @dataclass(frozen=True)
@@ -151,7 +165,8 @@ def accept_update(
         except SecAggError as err:
             raise UpdateShapeError(str(err)) from None
     _check_count(count, site)
-    values = {"examples": count, "compute_s": get_float(metrics, rk.M_COMPUTE_S)}
+    # A whole number (checked above): results.json records it as an integer.
+    values = {"examples": int(count), "compute_s": get_float(metrics, rk.M_COMPUTE_S)}
     if not dp:
         # Under DP a site sends no training loss: the raw loss is no DP release, and a
         # loss a site sends anyway is not recorded or published (docs/privacy.md).
@@ -167,3 +182,108 @@ def accept_update(
         record = spend_record(report, int(count))
     head = _ledger_head(reply.content, dp=dp)
     return AcceptedUpdate(update, count, info, record, shares, head)
+
+
+class UpdateCollector:
+    """A round's training replies checked one by one (`accept_update`) and, when plain,
+    against each other (norms, `[validation]`); whoever is left out is recorded with why.
+    A site whose privacy policy refused the round leaves training."""
+
+    def __init__(
+        self,
+        folder: RunFolder,
+        privacy: RunPrivacy,
+        validator: UpdateValidator,
+        *,
+        dp: bool,
+    ) -> None:
+        self.folder = folder
+        self.privacy = privacy
+        self.validator = validator
+        self.dp = dp
+
+    def _exclude(self, round_number: int, site: Site, reason: str) -> None:
+        self.privacy.exclude(site.name, reason)
+        logger.warning(
+            "round %d: %s leaves training (its privacy policy refused): %s",
+            round_number,
+            site.name,
+            reason,
+        )
+        self.folder.event("site_excluded", round=round_number, site=site.name, reason=reason)
+
+    def _accept(
+        self,
+        round_number: int,
+        site: Site,
+        reply: Message,
+        weights: np.ndarray,
+        masked_size: int | None,
+    ) -> AcceptedUpdate | str:
+        """The checked update of one reply, or why it is left out."""
+        if reply.has_error():
+            reason = reply.error.reason or f"error {reply.error.code}"
+            if reply.error.code == rk.ERROR_PRIVACY_BUDGET:
+                self._exclude(round_number, site, reason)
+            return reason
+        try:
+            return accept_update(
+                site, reply, weights, self.privacy, dp=self.dp, masked_size=masked_size
+            )
+        except (RecordFieldError, UpdateShapeError) as err:
+            self.folder.event(UPDATE_REJECTED, round=round_number, site=site.name, reason=str(err))
+            return f"update rejected: {err}"
+
+    def collect(
+        self,
+        round_number: int,
+        weights: np.ndarray,
+        replies: Mapping[int, Message],
+        trainers: Sequence[Site],
+        masked_size: int | None,
+        dropped: Mapping[int, str],
+    ) -> tuple[dict[int, AcceptedUpdate], dict[str, str]]:
+        """The trainers' checked updates by node, and why the others were left out
+        (`dropped`: why the exchange dropped a node's reply, when it did)."""
+        accepted: dict[int, AcceptedUpdate] = {}
+        rejected: dict[str, str] = {}
+        for site in trainers:
+            reply = replies.get(site.node_id)
+            if reply is None:
+                rejected[site.name] = dropped.get(site.node_id, NO_REPLY)
+                continue
+            outcome = self._accept(round_number, site, reply, weights, masked_size)
+            if isinstance(outcome, str):
+                rejected[site.name] = outcome
+            else:
+                accepted[site.node_id] = outcome
+        if masked_size is None and accepted:
+            names = {site.node_id: site.name for site in trainers}
+            self._check_norms(round_number, weights, accepted, names, rejected)
+        for name, reason in rejected.items():
+            logger.warning("round %d: %s left out: %s", round_number, name, reason)
+            self.folder.event(SITE_LEFT_OUT, round=round_number, site=name, reason=reason)
+        return accepted, rejected
+
+    def _check_norms(
+        self,
+        round_number: int,
+        weights: np.ndarray,
+        accepted: dict[int, AcceptedUpdate],
+        names: Mapping[int, str],
+        rejected: dict[str, str],
+    ) -> None:
+        """Record each plain update's norm; drop those `[validation]` refuses."""
+        norms = update_norms(weights, {names[n]: u.weights for n, u in accepted.items()})
+        reasons = self.validator.rejections(norms)
+        for node in list(accepted):
+            update = accepted[node]
+            name = names[node]
+            update.info[UPDATE_NORM] = norms[name]
+            if name not in reasons:
+                continue
+            del accepted[node]
+            rejected[name] = f"update rejected: {reasons[name]}"
+            self.folder.event(UPDATE_REJECTED, round=round_number, site=name, reason=reasons[name])
+            if update.privacy is not None:  # the site spent its budget all the same
+                self.folder.event(PRIVACY_SPENT, round=round_number, site=name, **update.privacy)

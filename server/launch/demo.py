@@ -196,21 +196,8 @@ def _node_process(config: Path, threads: int) -> ManagedProcess:
     )
 
 
-def run_demo(options: DemoOptions, console: Console) -> Path:
-    """Run the whole demo federation; returns the run folder."""
-    trainers = options.sites - options.holdout_sites
-    if trainers < 1 or options.holdout_sites < 0:
-        raise ConsortiaError(
-            f"demo: {options.sites} sites with {options.holdout_sites} held out leaves no "
-            "training site"
-        )
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_name = f"demo-{options.task.value[:3]}-{stamp}"
-    output = options.output.resolve()
-    run_dir = output / run_name
-    workspace = run_dir / "workspace"
-    workspace.mkdir(parents=True)
-    settings = demo_run_settings(options, run_name)
+def _announce(options: DemoOptions, console: Console, trainers: int) -> None:
+    """Tell the newcomer what the demo runs, and that its images are synthetic."""
     console.print(
         f"[bold]Consortia demo[/]: {options.sites} sites ({trainers} training, "
         f"{options.holdout_sites} held out), {options.rounds} rounds, task {options.task.value}."
@@ -223,10 +210,20 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
     console.print(
         "[yellow]The images are SYNTHETIC (generated on this machine), not patient data.[/]"
     )
+
+
+def _federate(
+    options: DemoOptions,
+    console: Console,
+    settings: RunSettings,
+    run_dir: Path,
+    trainers: int,
+) -> None:
+    """Start the SuperLink and the sites' nodes, submit the run and follow it to its end."""
+    workspace, output, run_name = run_dir / "workspace", run_dir.parent, run_dir.name
     port, control_port = free_ports(2)
-    superlink = f"127.0.0.1:{port}"
     consortium = LocalConsortium.create(workspace / "pki", workspace / "superlink")
-    configs = _write_sites(workspace, options, superlink, consortium)
+    configs = _write_sites(workspace, options, f"127.0.0.1:{port}", consortium)
     threads = max(1, (os.cpu_count() or 2) // trainers)
     with ProcessGroup() as group:
         try:
@@ -265,6 +262,24 @@ def run_demo(options: DemoOptions, console: Console) -> Path:
         except KeyboardInterrupt:
             console.print("[red]interrupted: stopping every demo process[/]")
             raise
+
+
+def run_demo(options: DemoOptions, console: Console) -> Path:
+    """Run the whole demo federation; returns the run folder."""
+    trainers = options.sites - options.holdout_sites
+    if trainers < 1 or options.holdout_sites < 0:
+        raise ConsortiaError(
+            f"demo: {options.sites} sites with {options.holdout_sites} held out leaves no "
+            "training site"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_name = f"demo-{options.task.value[:3]}-{stamp}"
+    run_dir = options.output.resolve() / run_name
+    workspace = run_dir / "workspace"
+    workspace.mkdir(parents=True)
+    settings = demo_run_settings(options, run_name)
+    _announce(options, console, trainers)
+    _federate(options, console, settings, run_dir, trainers)
     console.print(f"Results: {run_dir / RESULTS_FILE}\nSite data, configs and logs: {workspace}")
     report = run_dir / REPORT_DIR
     write_report(run_dir, report)

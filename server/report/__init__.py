@@ -10,8 +10,8 @@ The modules, one concept each:
   `report_data.build_report`'s data, one PNG per figure.
 - ``page``: The report as one self-contained HTML page (figures embedded as data URIs), rendered
   with Jinja2 (every value escaped) from `report_data.build_report`'s data.
-- ``progress``: Live progress of a run on the console, read from the run folder's
-  `events.jsonl`.
+- ``progress``: Live progress of a run on the console, read from the run folder's audit log
+  (`audit.jsonl`), and its final tables, read from the typed run record.
 - ``tensorboard_log``: TensorBoard event files from the `rounds[]` entries of results.json.
 - ``writer``: A run's report written from its folder: `report.html`, `figures/*.png` and, when
   asked, `report.json` (`consortia report` and the demo call `write_report`).

@@ -16,9 +16,16 @@ from typing import Any, Final
 from consortia.common.audit.provenance import PROVENANCE_FILE, verify_provenance
 from consortia.common.errors import ConsortiaError
 from consortia.common.logs import utc_now
-from consortia.server.run.folder import RESULTS_FILE, read_results
-from consortia.server.run.round_evaluation import HOLDOUT, TRAINING_SITES
-from consortia.server.run.saliency_store import SALIENCY_DIR
+from consortia.server.run.folder import SALIENCY_DIR, read_record
+from consortia.server.run.record import (
+    HOLDOUT,
+    TRAINING_SITES,
+    Evaluation,
+    IntervalMap,
+    Metrics,
+    RoundEntry,
+    RunRecord,
+)
 
 __all__ = [
     "REPORT_SCHEMA",
@@ -38,28 +45,27 @@ _POOLED_LABELS: Final = {
     HOLDOUT: "held-out sites (pooled)",
     TRAINING_SITES: "training sites (pooled)",
 }
+_NO_EVALUATION: Final = Evaluation()
 
 
 class ReportError(ConsortiaError):
     """A run folder that cannot be reported on; the message names the file."""
 
 
-def load_results(run_dir: Path) -> dict[str, Any]:
+def load_results(run_dir: Path) -> RunRecord:
     """The run's results.json, checked to be one with the parts a report reads."""
     try:
-        results = read_results(run_dir, missing=f"not found (is {run_dir} a run folder?)")
+        record = read_record(run_dir, missing=f"not found (is {run_dir} a run folder?)")
     except ConsortiaError as err:
         raise ReportError(str(err)) from None
-    path = run_dir / RESULTS_FILE
-    for key, kind in (("rounds", list), ("sites", list), ("settings", dict)):
-        if not isinstance(results.get(key), kind):
-            raise ReportError(f"{path}: '{key}' is missing or not a {kind.__name__}")
-    return results
+    if record.settings is None:
+        raise ReportError(f"{run_dir / 'results.json'}: 'settings' is missing")
+    return record
 
 
-def primary_metric(task: str) -> str:
+def primary_metric(task: str | None) -> str:
     """The metric the learning curves follow."""
-    return _TABLE_METRICS.get(task, ("dice",))[0]
+    return _TABLE_METRICS.get(task or "", ("dice",))[0]
 
 
 def _number(value: Any) -> float | None:
@@ -68,124 +74,126 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _evaluation(entry: Mapping[str, Any]) -> Mapping[str, Any]:
-    evaluation = entry.get("evaluation")
-    return evaluation if isinstance(evaluation, Mapping) else {}
+def _evaluation(entry: RoundEntry) -> Evaluation:
+    return entry.evaluation or _NO_EVALUATION
 
 
-def _curves(results: Mapping[str, Any], metric: str) -> dict[str, Any]:
-    rounds = [entry for entry in results["rounds"] if isinstance(entry, Mapping)]
-    names = sorted({site["name"] for site in results["sites"]})
+def _curves(record: RunRecord, metric: str) -> dict[str, Any]:
+    rounds = record.rounds
+    names = sorted({site.name for site in record.sites})
     series: dict[str, list[float | None]] = {}
     for name in names:
-        series[name] = [
-            _number((_evaluation(e).get("sites") or {}).get(name, {}).get(metric)) for e in rounds
-        ]
+        series[name] = [_number(_evaluation(e).sites.get(name, {}).get(metric)) for e in rounds]
     for group, label in _POOLED_LABELS.items():
-        values = [_number((_evaluation(e).get(group) or {}).get(metric)) for e in rounds]
+        values = [_number((_evaluation(e).pooled(group) or {}).get(metric)) for e in rounds]
         if any(value is not None for value in values):
             series[label] = values
-    return {"metric": metric, "rounds": [entry["round"] for entry in rounds], "series": series}
+    return {"metric": metric, "rounds": [entry.round for entry in rounds], "series": series}
 
 
-def _interval(intervals: Mapping[str, Any] | None, metric: str) -> list[float] | None:
+def _interval(intervals: IntervalMap | None, metric: str) -> list[float] | None:
     value = (intervals or {}).get(metric)
     if isinstance(value, list) and len(value) == 2 and all(_number(v) is not None for v in value):
         return [float(value[0]), float(value[1])]
     return None
 
 
-def _cross_site(results: Mapping[str, Any]) -> dict[str, Any] | None:
+def _row(
+    name: str, scope: str, values: Metrics, ci: IntervalMap | None, metrics: tuple[str, ...]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "scope": scope,
+        "cases": _number(values.get("cases")),
+        "values": {metric: _number(values.get(metric)) for metric in metrics},
+        "intervals": {metric: _interval(ci, metric) for metric in metrics},
+    }
+
+
+def _cross_site(record: RunRecord) -> dict[str, Any] | None:
     """The last evaluated model on every site's evaluation cases and pooled."""
-    evaluated = [e for e in results["rounds"] if _evaluation(e).get("sites")]
+    evaluated = [e for e in record.rounds if _evaluation(e).sites]
     if not evaluated:
         return None
     entry = evaluated[-1]
     evaluation = _evaluation(entry)
-    intervals = evaluation.get("intervals") or {}
-    metrics = _TABLE_METRICS.get(results.get("task", ""), ("dice",))
-    roles = {site["name"]: site["role"] for site in results["sites"]}
-
-    def row(name: str, scope: str, values: Mapping[str, Any], ci: Mapping[str, Any] | None) -> dict:
-        return {
-            "name": name,
-            "scope": scope,
-            "cases": _number(values.get("cases")),
-            "values": {metric: _number(values.get(metric)) for metric in metrics},
-            "intervals": {metric: _interval(ci, metric) for metric in metrics},
-        }
-
+    intervals = evaluation.intervals
+    metrics = _TABLE_METRICS.get(record.task or "", ("dice",))
+    roles = record.roles()
+    site_intervals = intervals.sites if intervals else {}
     rows = [
-        row(name, roles.get(name, "unknown"), values, (intervals.get("sites") or {}).get(name))
-        for name, values in sorted(evaluation["sites"].items(), key=lambda item: item[0])
-        if isinstance(values, Mapping)
+        _row(name, roles.get(name, "unknown"), values, site_intervals.get(name), metrics)
+        for name, values in sorted(evaluation.sites.items(), key=lambda item: item[0])
     ]
     for group, label in _POOLED_LABELS.items():
-        if isinstance(evaluation.get(group), Mapping):
-            rows.append(row(label, group, evaluation[group], intervals.get(group)))
+        pooled = evaluation.pooled(group)
+        if pooled is not None:
+            ci = intervals.of_group(group) if intervals else None
+            rows.append(_row(label, group, pooled, ci, metrics))
     return {
-        "model_round": entry["round"],
+        "model_round": entry.round,
         "metrics": list(metrics),
         "rows": rows,
-        "level": intervals.get("level"),
-        "replicates": intervals.get("replicates"),
-        "method": intervals.get("method"),
+        "level": intervals.level if intervals else None,
+        "replicates": intervals.replicates if intervals else None,
+        "method": intervals.method if intervals else None,
     }
 
 
-def _privacy(results: Mapping[str, Any]) -> dict[str, Any]:
-    privacy = results.get("privacy") or {}
+def _privacy(record: RunRecord) -> dict[str, Any]:
+    privacy = record.privacy
     sites: dict[str, Any] = {}
-    for name, site in sorted((privacy.get("sites") or {}).items()):
+    for name, site in sorted((privacy.sites if privacy else {}).items()):
         per_round = []
-        for entry in results["rounds"]:
-            spent = (entry.get("privacy") or {}).get(name)
-            if isinstance(spent, Mapping):
+        for entry in record.rounds:
+            spent = (entry.privacy or {}).get(name)
+            if spent is not None:
                 per_round.append(
                     {
-                        "round": entry["round"],
-                        "epsilon": _number(spent.get("epsilon")),
-                        "run_epsilon": _number(spent.get("run_epsilon")),
-                        "noise_multiplier": _number(spent.get("noise_multiplier")),
-                        "sample_rate": _number(spent.get("sample_rate")),
-                        "steps": spent.get("steps"),
+                        "round": entry.round,
+                        "epsilon": _number(spent.epsilon),
+                        "run_epsilon": _number(spent.run_epsilon),
+                        "noise_multiplier": _number(spent.noise_multiplier),
+                        "sample_rate": _number(spent.sample_rate),
+                        "steps": spent.steps,
                     }
                 )
         sites[name] = {
-            "limit": _number(site.get("max_epsilon")),
-            "delta": _number(site.get("delta")),
-            "before_run": _number(site.get("epsilon_before_run")),
-            "total": _number(site.get("epsilon")),
-            "excluded": site.get("excluded"),
+            "limit": _number(site.max_epsilon),
+            "delta": _number(site.delta),
+            "before_run": _number(site.epsilon_before_run),
+            "total": _number(site.epsilon),
+            "excluded": site.excluded,
             "per_round": per_round,
         }
-    settings = results["settings"]
+    settings = record.settings
+    sample_level = privacy.sample_level.model_dump(exclude_unset=True) if privacy else None
+    central = (
+        privacy.central.model_dump(exclude_unset=True) if privacy and privacy.central else None
+    )
     return {
-        "sample_level": privacy.get("sample_level") or settings.get("privacy"),
-        "central": privacy.get("central") or settings.get("central_privacy"),
+        "sample_level": sample_level or (settings.privacy if settings else None),
+        "central": central or (settings.central_privacy if settings else None),
         "sites": sites,
     }
 
 
-def _participation(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for entry in results["rounds"]:
-        if entry.get("round", 0) < 1:
-            continue
-        secure = entry.get("secure_aggregation")
-        rows.append(
-            {
-                "round": entry["round"],
-                "participants": list(entry.get("participants") or []),
-                "left_out": dict(entry.get("left_out") or {}),
-                "not_connected": list(entry.get("not_connected") or []),
-                "kept_by_strategy": list((entry.get("strategy") or {}).get("kept") or []),
-                "secure_aggregation": secure.get("status") if isinstance(secure, Mapping) else None,
-                "duration_s": _number(entry.get("duration_s")),
-                "upload_bytes": entry.get("upload_bytes"),
-            }
-        )
-    return rows
+def _participation(record: RunRecord) -> list[dict[str, Any]]:
+    return [
+        {
+            "round": entry.round,
+            "participants": list(entry.participants or []),
+            "left_out": dict(entry.left_out or {}),
+            "not_connected": list(entry.not_connected or []),
+            "kept_by_strategy": list((entry.strategy.kept if entry.strategy else None) or []),
+            "secure_aggregation": (
+                entry.secure_aggregation.status if entry.secure_aggregation else None
+            ),
+            "duration_s": _number(entry.duration_s),
+            "upload_bytes": entry.upload_bytes,
+        }
+        for entry in record.trained_rounds()
+    ]
 
 
 def _signers(document: Mapping[str, Any]) -> list[str]:
@@ -207,17 +215,15 @@ def _signers(document: Mapping[str, Any]) -> list[str]:
     return labelled
 
 
-def _provenance(run_dir: Path, results: Mapping[str, Any]) -> dict[str, Any]:
+def _provenance(run_dir: Path, record: RunRecord) -> dict[str, Any]:
     path = run_dir / PROVENANCE_FILE
     summary: dict[str, Any] = {
         "file": PROVENANCE_FILE,
         "present": path.is_file(),
-        "config_hash": results.get("config_hash"),
-        "app_hash": (results.get("app") or {}).get("app_hash"),
+        "config_hash": record.config_hash,
+        "app_hash": record.app.app_hash if record.app else None,
         "model_hashes": [
-            {"round": e["round"], "sha256": e.get("model_sha256")}
-            for e in results["rounds"]
-            if e.get("model_sha256")
+            {"round": e.round, "sha256": e.model_sha256} for e in record.rounds if e.model_sha256
         ],
         "signatures": [],
         "audit_head": None,
@@ -260,56 +266,72 @@ def _saliency(run_dir: Path) -> list[dict[str, str]]:
     ]
 
 
-def _run_summary(results: Mapping[str, Any]) -> dict[str, Any]:
-    settings = results["settings"]
-    done = [e["round"] for e in results["rounds"] if e.get("round", 0) >= 1]
+def _run_summary(record: RunRecord) -> dict[str, Any]:
     return {
-        "name": results.get("run_name"),
-        "task": results.get("task"),
-        "status": results.get("status"),
-        "error": results.get("error"),
-        "stopped": results.get("stopped"),
-        "ended_early": results.get("ended_early"),
-        "started_at": results.get("started_at"),
-        "finished_at": results.get("finished_at"),
-        "flower_run_id": results.get("flower_run_id"),
-        "rounds_planned": settings.get("rounds"),
-        "rounds_done": max(done, default=0),
-        "resumed": results.get("resumed") or [],
+        "name": record.run_name,
+        "task": record.task,
+        "status": record.status,
+        "error": record.error,
+        "stopped": record.stopped.model_dump() if record.stopped else None,
+        "ended_early": record.ended_early,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "flower_run_id": record.flower_run_id,
+        "rounds_planned": record.planned_rounds,
+        "rounds_done": max((e.round for e in record.trained_rounds()), default=0),
+        "resumed": [resumed.model_dump() for resumed in record.resumed],
+    }
+
+
+def _settings(record: RunRecord) -> dict[str, Any]:
+    settings = record.settings
+    return {
+        "model": settings.model if settings else None,
+        "training": settings.training if settings else None,
+        "strategy": settings.strategy if settings else None,
+        "validation": settings.validation if settings else None,
+        "secure_aggregation": settings.secure_aggregation if settings else None,
+    }
+
+
+def _security(record: RunRecord) -> dict[str, Any]:
+    security = record.security
+    decision = record.secure_aggregation
+    return {
+        "tls": security.tls if security else None,
+        "site_authentication": security.site_authentication if security else None,
+        "signed_updates": security.signed_updates if security else None,
+        # null while undecided (a run that failed before its sites answered)
+        "secure_aggregation": {
+            "enabled": None,
+            "reason": "not decided",
+            **(decision.model_dump(exclude_unset=True) if decision else {}),
+        },
     }
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:
     """Everything the report shows, as JSON-ready data."""
-    results = load_results(run_dir)
-    settings = results["settings"]
-    metric = primary_metric(str(results.get("task")))
+    record = load_results(run_dir)
     return {
         "schema": REPORT_SCHEMA,
         "generated_at": utc_now(),
-        "run": _run_summary(results),
+        "run": _run_summary(record),
         "sites": [
-            {key: site.get(key) for key in ("name", "role", "num_train", "num_eval")}
-            for site in sorted(results["sites"], key=lambda site: str(site.get("name")))
+            {
+                "name": site.name,
+                "role": site.role,
+                "num_train": site.num_train,
+                "num_eval": site.num_eval,
+            }
+            for site in sorted(record.sites, key=lambda site: site.name)
         ],
-        "learning_curves": _curves(results, metric),
-        "cross_site": _cross_site(results),
-        "privacy": _privacy(results),
-        "participation": _participation(results),
-        "settings": {
-            key: settings.get(key)
-            for key in ("model", "training", "strategy", "validation", "secure_aggregation")
-        },
-        "security": {
-            **dict.fromkeys(("tls", "site_authentication", "signed_updates")),
-            **(results.get("security") or {}),
-            # null while undecided (a run that failed before its sites answered)
-            "secure_aggregation": {
-                "enabled": None,
-                "reason": "not decided",
-                **(results.get("secure_aggregation") or {}),
-            },
-        },
-        "provenance": _provenance(run_dir, results),
+        "learning_curves": _curves(record, primary_metric(record.task)),
+        "cross_site": _cross_site(record),
+        "privacy": _privacy(record),
+        "participation": _participation(record),
+        "settings": _settings(record),
+        "security": _security(record),
+        "provenance": _provenance(run_dir, record),
         "saliency": _saliency(run_dir),
     }

@@ -1,4 +1,5 @@
-"""Live progress of a run on the console, read from the run folder's `events.jsonl`."""
+"""Live progress of a run on the console, read from the run folder's audit log
+(`audit.jsonl`), and its final tables, read from the typed run record."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from rich.text import Text
 
 from consortia.common.audit.log import RUN_FAILED, RUN_FINISHED
 from consortia.common.audit.provenance import PROVENANCE_FILE
-from consortia.common.config.settings import Task
+from consortia.common.config.settings import Role, Task
 from consortia.common.errors import ConsortiaError
 from consortia.server.control import SuperLinkConnection, stop_run
-from consortia.server.run.folder import EVENTS_FILE, RESULTS_FILE
+from consortia.server.run.folder import EVENTS_FILE, read_record
+from consortia.server.run.record import Evaluation, RunRecord
 
 __all__ = [
     "RunProgress",
@@ -161,53 +163,50 @@ def follow_run(
     return progress
 
 
-def final_table(results: dict[str, Any]) -> Table:
+def final_table(record: RunRecord) -> Table:
     """Per round: the held-out metric and each site's metric of that round's model."""
-    task = Task(results["task"])
-    metric = headline_metric(task)
-    roles = {site["name"]: site["role"] for site in results.get("sites", [])}
-    sites = sorted(roles, key=lambda name: (roles[name] != "train", name))
+    metric = headline_metric(Task(str(record.task)))
+    roles = record.roles()
+    sites = sorted(roles, key=lambda name: (roles[name] != Role.TRAIN.value, name))
     table = Table(title=f"{metric.upper()} of the global model after each round")
     table.add_column("round", justify="right")
     table.add_column(f"held-out {metric}", justify="right", style="bold")
     for name in sites:
         table.add_column(f"{name} ({roles[name]})", justify="right")
 
-    def fmt(value: Any) -> str:
+    def fmt(value: float | None) -> str:
         return "-" if value is None else f"{float(value):.3f}"
 
-    for entry in results.get("rounds", []):
-        evaluation = entry.get("evaluation") or {}
-        per_site = evaluation.get("sites", {})
-        holdout = (evaluation.get("holdout") or {}).get(metric)
-        row = [str(entry["round"]), fmt(holdout)]
-        row += [fmt(per_site.get(name, {}).get(metric)) for name in sites]
+    for entry in record.rounds:
+        evaluation = entry.evaluation or Evaluation()
+        holdout = (evaluation.holdout or {}).get(metric)
+        row = [str(entry.round), fmt(holdout)]
+        row += [fmt(evaluation.sites.get(name, {}).get(metric)) for name in sites]
         table.add_row(*row)
     return table
 
 
-def privacy_table(results: dict[str, Any]) -> Table | None:
+def privacy_table(record: RunRecord) -> Table | None:
     """Per training site: the privacy spent (this run and in total) against its limit."""
-    privacy = results.get("privacy") or {}
-    sites = privacy.get("sites") or {}
-    if not (privacy.get("sample_level") or {}).get("enabled") or not sites:
+    privacy = record.privacy
+    if privacy is None or not privacy.sample_level.enabled or not privacy.sites:
         return None
     table = Table(title="Differential privacy per training site (sample-level DP-SGD)")
     for column in ("site", "epsilon this run", "epsilon total", "limit", "delta", "status"):
         table.add_column(column, justify="left" if column in ("site", "status") else "right")
     run_epsilon: dict[str, float] = {}
-    for entry in results.get("rounds", []):
-        for name, spent in (entry.get("privacy") or {}).items():
-            run_epsilon[name] = spent["run_epsilon"]
-    for name, site in sorted(sites.items()):
-        excluded = site.get("excluded")
+    for entry in record.rounds:
+        for name, spent in (entry.privacy or {}).items():
+            run_epsilon[name] = spent.run_epsilon
+    for name, site in sorted(privacy.sites.items()):
+        total = site.epsilon if site.epsilon is not None else site.epsilon_before_run
         table.add_row(
             name,
             f"{run_epsilon.get(name, 0.0):.3f}",
-            f"{site['epsilon']:.3f}",
-            f"{site['max_epsilon']:g}",
-            f"{site['delta']:g}",
-            f"left training: {excluded}" if excluded else "ok",
+            "-" if total is None else f"{total:.3f}",
+            f"{site.max_epsilon:g}",
+            f"{site.delta:g}",
+            f"left training: {site.excluded}" if site.excluded else "ok",
         )
     return table
 
@@ -232,11 +231,11 @@ def watch_run(
     except KeyboardInterrupt:
         stop_run(run_id, connection)
         raise
-    results: dict[str, Any] = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-    console.print(final_table(results))
-    privacy = privacy_table(results)
+    record = read_record(run_dir)
+    console.print(final_table(record))
+    privacy = privacy_table(record)
     if privacy is not None:
         console.print(privacy)
-    if results.get("ended_early"):
-        console.print(f"[yellow]Training ended early:[/] {results['ended_early']}")
-    return results
+    if record.ended_early:
+        console.print(f"[yellow]Training ended early:[/] {record.ended_early}")
+    return record.to_json()

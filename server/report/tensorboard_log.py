@@ -25,7 +25,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from consortia.common.errors import ConfigError, ConsortiaError
+from consortia.common.privacy.spend import spend_error
+from consortia.server.run.record import HOLDOUT, TRAINING_SITES, RoundEntry, RunRecord
 
 __all__ = [
     "EVAL_PREFIX",
@@ -56,20 +60,10 @@ SETTINGS_TAG = "settings"
 # The run folder's subfolder for live logging (`[run.report] tensorboard = true`).
 TENSORBOARD_DIR = "tensorboard"
 
-# Keys of a results.json `rounds[]` entry (and of the run's results) read here.
-ROUND_KEY = "round"
-EVALUATION_KEY = "evaluation"
-EVAL_SITES_KEY = "sites"
-POOLED_SCOPES = ("holdout", "training_sites")
-TRAIN_KEY = "train"
-PRIVACY_KEY = "privacy"
-ROUND_NUMBERS = ("duration_s", "upload_bytes", "total_examples")
-ROUND_COUNTS = ("participants", "left_out")
-ROUNDS_KEY = "rounds"
-SETTINGS_KEY = "settings"
-
 # Site names and metric keys become one tag component each: no '/' or odd characters.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The pooled scopes of an evaluation, as tagged.
+POOLED_SCOPES = (HOLDOUT, TRAINING_SITES)
 
 
 def _number(value: Any) -> float | None:
@@ -80,59 +74,55 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _safe(name: Any) -> bool:
-    if isinstance(name, str) and _NAME.match(name):
+def _safe(name: str) -> bool:
+    if _NAME.match(name):
         return True
     logger.warning("tensorboard: %r is no valid tag component; its values are skipped", name)
     return False
 
 
-def _add_fields(scalars: dict[str, float], prefix: str, fields: Any) -> None:
+def _add_fields(scalars: dict[str, float], prefix: str, fields: Mapping[str, Any] | None) -> None:
     """Every numeric value of the mapping `fields` as `<prefix>/<key>`."""
-    if not isinstance(fields, Mapping):
-        return
-    for key, value in fields.items():
+    for key, value in (fields or {}).items():
         number = _number(value)
         if number is not None and _safe(key):
             scalars[f"{prefix}{SEP}{key}"] = number
 
 
-def _add_per_site(scalars: dict[str, float], prefix: str, per_site: Any) -> None:
+def _add_per_site(
+    scalars: dict[str, float], prefix: str, per_site: Mapping[str, Mapping[str, Any]] | None
+) -> None:
     """`<prefix>/<site>/<key>` for a mapping of site name -> fields."""
-    if not isinstance(per_site, Mapping):
-        return
-    for site, fields in per_site.items():
+    for site, fields in (per_site or {}).items():
         if _safe(site):
             _add_fields(scalars, f"{prefix}{SEP}{site}", fields)
 
 
-def round_scalars(entry: Mapping[str, Any]) -> dict[str, float]:
+def _dumped(per_site: Mapping[str, BaseModel] | None) -> dict[str, dict[str, Any]]:
+    return {site: fields.model_dump() for site, fields in (per_site or {}).items()}
+
+
+def round_scalars(entry: RoundEntry) -> dict[str, float]:
     """Every numeric metric of one results.json `rounds[]` entry, by TensorBoard tag."""
     scalars: dict[str, float] = {}
-    evaluation = entry.get(EVALUATION_KEY)
-    if isinstance(evaluation, Mapping):
+    evaluation = entry.evaluation
+    if evaluation is not None:
         for scope in POOLED_SCOPES:
-            _add_fields(scalars, f"{EVAL_PREFIX}{SEP}{scope}", evaluation.get(scope))
-        sites_prefix = f"{EVAL_PREFIX}{SEP}{SITE_SCOPE}"
-        _add_per_site(scalars, sites_prefix, evaluation.get(EVAL_SITES_KEY))
-    _add_per_site(scalars, TRAIN_PREFIX, entry.get(TRAIN_KEY))
-    _add_per_site(scalars, PRIVACY_PREFIX, entry.get(PRIVACY_KEY))
-    _add_fields(scalars, ROUND_PREFIX, {key: entry.get(key) for key in ROUND_NUMBERS})
-    for key in ROUND_COUNTS:
-        value = entry.get(key)
-        if isinstance(value, list | Mapping):
+            _add_fields(scalars, f"{EVAL_PREFIX}{SEP}{scope}", evaluation.pooled(scope))
+        _add_per_site(scalars, f"{EVAL_PREFIX}{SEP}{SITE_SCOPE}", evaluation.sites)
+    _add_per_site(scalars, TRAIN_PREFIX, _dumped(entry.train))
+    _add_per_site(scalars, PRIVACY_PREFIX, _dumped(entry.privacy))
+    round_numbers = {
+        "duration_s": entry.duration_s,
+        "upload_bytes": entry.upload_bytes,
+        "total_examples": entry.total_examples,
+    }
+    _add_fields(scalars, ROUND_PREFIX, round_numbers)
+    round_counts = {"participants": entry.participants, "left_out": entry.left_out}
+    for key, value in round_counts.items():
+        if value is not None:
             scalars[f"{ROUND_PREFIX}{SEP}{key}"] = float(len(value))
     return scalars
-
-
-def _step(entry: Any) -> int:
-    """The entry's model version (its `round`), checked."""
-    if not isinstance(entry, Mapping):
-        raise ConsortiaError(f"a rounds[] entry is not an object: {entry!r:.80}")
-    step = entry.get(ROUND_KEY)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ConsortiaError(f"a rounds[] entry has no valid 'round' number: {step!r}")
-    return step
 
 
 class TensorBoardLog:
@@ -149,12 +139,17 @@ class TensorBoardLog:
         self._writer: Any = SummaryWriter(log_dir=str(folder))
         logger.info("tensorboard: writing event files to %s", folder)
 
-    def log_round(self, entry: Mapping[str, Any]) -> None:
-        """Write the scalars of one `rounds[]` entry at step `entry["round"]`, flushed so
-        that a running TensorBoard shows them at once."""
-        step = _step(entry)
+    def log_round(self, entry: RoundEntry | Mapping[str, Any]) -> None:
+        """Write the scalars of one `rounds[]` entry (typed, or as JSON: checked against
+        the schema) at step `entry.round`, flushed so that a running TensorBoard shows
+        them at once."""
+        if not isinstance(entry, RoundEntry):
+            try:
+                entry = RoundEntry.model_validate(entry)
+            except ValidationError as err:
+                raise ConsortiaError(f"a rounds[] entry: {spend_error(err)}") from None
         for tag, value in round_scalars(entry).items():
-            self._writer.add_scalar(tag, value, global_step=step)
+            self._writer.add_scalar(tag, value, global_step=entry.round)
         self._writer.flush()
 
     def log_settings(self, settings: Mapping[str, Any]) -> None:
@@ -178,27 +173,21 @@ class TensorBoardLog:
         self.close()
 
 
-def export_run(results: Mapping[str, Any], folder: Path) -> int:
-    """Write every round of a run's results (finished or running) and its settings into
+def export_run(record: RunRecord, folder: Path) -> int:
+    """Write every round of a run's record (finished or running) and its settings into
     event files in `folder`; returns the number of rounds written. `folder` must not hold
     event files already: their curves would be drawn twice."""
-    rounds = results.get(ROUNDS_KEY)
-    if not isinstance(rounds, list):
-        raise ConsortiaError("results: 'rounds' is missing or not a list")
-    for entry in rounds:  # every entry checked before anything is written
-        _step(entry)
     if folder.is_dir() and any(folder.glob(EVENT_FILE_PATTERN)):
         raise ConsortiaError(
             f"{folder} already holds TensorBoard event files: export into an empty folder"
         )
     with TensorBoardLog(folder) as log:
-        settings = results.get(SETTINGS_KEY)
-        if isinstance(settings, Mapping):
-            log.log_settings(settings)
-        for entry in rounds:
+        if record.settings is not None:
+            log.log_settings(record.settings.model_dump(exclude_unset=True))
+        for entry in record.rounds:
             log.log_round(entry)
-    logger.info("tensorboard: %d rounds exported to %s", len(rounds), folder)
-    return len(rounds)
+    logger.info("tensorboard: %d rounds exported to %s", len(record.rounds), folder)
+    return len(record.rounds)
 
 
 def open_tensorboard(run_dir: Path, settings: Mapping[str, Any]) -> TensorBoardLog | None:

@@ -14,6 +14,9 @@ The modules, one concept each:
 - ``provenance``: The provenance file a run leaves behind: what ran (config and code hashes),
   who took part, each round's global model hash, the DP parameters, whether updates were
   securely aggregated, and the head of the audit log, signed with the server's key.
+- ``record``: The typed run record: one pydantic model for a run folder's `results.json`.
+- ``round_aggregation``: Closing a round: its aggregation's plan recorded, the trainers' replies
+  checked, the quorum kept, the next model aggregated, checkpointed, audited and recorded.
 - ``round_evaluation``: The global model's evaluation in one wave: per site, pooled over held-
   out sites and over training sites (and, for the final model, bootstrap confidence intervals),
   written into the round's entry of results.json.
@@ -23,6 +26,7 @@ The modules, one concept each:
 - ``server_app``: The coordinator's Flower ServerApp (Message API): wires settings, run folder,
   loop.
 - ``state``: What a run resumes from: `checkpoints/state.json`, rewritten after every round.
+- ``wave``: One wave of a round: the current global model to every connected site at once.
 """
 
 from typing import TYPE_CHECKING
@@ -64,10 +68,16 @@ if TYPE_CHECKING:
         RESULTS_FILE as RESULTS_FILE,
     )
     from consortia.server.run.folder import (
+        SALIENCY_DIR as SALIENCY_DIR,
+    )
+    from consortia.server.run.folder import (
         SCHEMA as SCHEMA,
     )
     from consortia.server.run.folder import (
         RunFolder as RunFolder,
+    )
+    from consortia.server.run.folder import (
+        read_record as read_record,
     )
     from consortia.server.run.folder import (
         read_results as read_results,
@@ -90,11 +100,86 @@ if TYPE_CHECKING:
     from consortia.server.run.provenance import (
         write_run_provenance as write_run_provenance,
     )
-    from consortia.server.run.round_evaluation import (
+    from consortia.server.run.record import (
         HOLDOUT as HOLDOUT,
     )
-    from consortia.server.run.round_evaluation import (
+    from consortia.server.run.record import (
+        RESULTS_SCHEMA as RESULTS_SCHEMA,
+    )
+    from consortia.server.run.record import (
         TRAINING_SITES as TRAINING_SITES,
+    )
+    from consortia.server.run.record import (
+        AppRecord as AppRecord,
+    )
+    from consortia.server.run.record import (
+        CentralPrivacyRecord as CentralPrivacyRecord,
+    )
+    from consortia.server.run.record import (
+        CentralRelease as CentralRelease,
+    )
+    from consortia.server.run.record import (
+        Evaluation as Evaluation,
+    )
+    from consortia.server.run.record import (
+        Intervals as Intervals,
+    )
+    from consortia.server.run.record import (
+        LedgerHeadRecord as LedgerHeadRecord,
+    )
+    from consortia.server.run.record import (
+        Metrics as Metrics,
+    )
+    from consortia.server.run.record import (
+        PrivacySection as PrivacySection,
+    )
+    from consortia.server.run.record import (
+        ResumedRecord as ResumedRecord,
+    )
+    from consortia.server.run.record import (
+        RoundEntry as RoundEntry,
+    )
+    from consortia.server.run.record import (
+        RoundSecureAggregation as RoundSecureAggregation,
+    )
+    from consortia.server.run.record import (
+        RoundSpent as RoundSpent,
+    )
+    from consortia.server.run.record import (
+        RunRecord as RunRecord,
+    )
+    from consortia.server.run.record import (
+        SampleLevelPrivacy as SampleLevelPrivacy,
+    )
+    from consortia.server.run.record import (
+        SecureAggregationDecision as SecureAggregationDecision,
+    )
+    from consortia.server.run.record import (
+        SecurityRecord as SecurityRecord,
+    )
+    from consortia.server.run.record import (
+        SettingsRecord as SettingsRecord,
+    )
+    from consortia.server.run.record import (
+        SiteEntry as SiteEntry,
+    )
+    from consortia.server.run.record import (
+        SitePrivacyRecord as SitePrivacyRecord,
+    )
+    from consortia.server.run.record import (
+        StoppedRecord as StoppedRecord,
+    )
+    from consortia.server.run.record import (
+        StrategyReport as StrategyReport,
+    )
+    from consortia.server.run.record import (
+        TrainInfo as TrainInfo,
+    )
+    from consortia.server.run.round_aggregation import (
+        SECURE_AGGREGATION_FAILED as SECURE_AGGREGATION_FAILED,
+    )
+    from consortia.server.run.round_aggregation import (
+        RoundAggregation as RoundAggregation,
     )
     from consortia.server.run.round_evaluation import (
         record_evaluation as record_evaluation,
@@ -104,9 +189,6 @@ if TYPE_CHECKING:
     )
     from consortia.server.run.saliency_store import (
         MAX_PNG_BYTES as MAX_PNG_BYTES,
-    )
-    from consortia.server.run.saliency_store import (
-        SALIENCY_DIR as SALIENCY_DIR,
     )
     from consortia.server.run.saliency_store import (
         SALIENCY_RECEIVED as SALIENCY_RECEIVED,
@@ -145,6 +227,9 @@ if TYPE_CHECKING:
         RunStateError as RunStateError,
     )
     from consortia.server.run.state import (
+        RunStateStore as RunStateStore,
+    )
+    from consortia.server.run.state import (
         load_strategy_state as load_strategy_state,
     )
     from consortia.server.run.state import (
@@ -153,33 +238,78 @@ if TYPE_CHECKING:
     from consortia.server.run.state import (
         save_strategy_state as save_strategy_state,
     )
+    from consortia.server.run.wave import (
+        EVENT_FAILED as EVENT_FAILED,
+    )
+    from consortia.server.run.wave import (
+        EVENT_REPLIED as EVENT_REPLIED,
+    )
+    from consortia.server.run.wave import (
+        EVENT_SENT as EVENT_SENT,
+    )
+    from consortia.server.run.wave import (
+        Wave as Wave,
+    )
+    from consortia.server.run.wave import (
+        weights_record as weights_record,
+    )
 
 __all__ = [
     "BOOTSTRAP_METHOD",
     "EVENTS_FILE",
+    "EVENT_FAILED",
+    "EVENT_REPLIED",
+    "EVENT_SENT",
     "HOLDOUT",
     "MAX_MAPS",
     "MAX_PNG_BYTES",
     "RESULTS_FILE",
+    "RESULTS_SCHEMA",
     "RUNS_DIR_ENV",
     "SALIENCY_DIR",
     "SALIENCY_RECEIVED",
     "SALIENCY_REFUSED",
     "SCHEMA",
+    "SECURE_AGGREGATION_FAILED",
     "STATE_FILE",
     "TRAINING_SITES",
+    "AppRecord",
+    "CentralPrivacyRecord",
+    "CentralRelease",
+    "Evaluation",
     "Federation",
     "FederationError",
+    "Intervals",
+    "LedgerHeadRecord",
+    "Metrics",
+    "PrivacySection",
     "QuorumLostError",
     "ResumeTarget",
+    "ResumedRecord",
+    "RoundAggregation",
+    "RoundEntry",
+    "RoundSecureAggregation",
+    "RoundSpent",
     "RunFolder",
     "RunPrivacy",
+    "RunRecord",
     "RunState",
     "RunStateError",
+    "RunStateStore",
     "SaliencyError",
+    "SampleLevelPrivacy",
+    "SecureAggregationDecision",
+    "SecurityRecord",
+    "SettingsRecord",
     "Site",
+    "SiteEntry",
     "SiteEvaluation",
     "SitePrivacy",
+    "SitePrivacyRecord",
+    "StoppedRecord",
+    "StrategyReport",
+    "TrainInfo",
+    "Wave",
     "app",
     "build_provenance",
     "check_png",
@@ -187,6 +317,7 @@ __all__ = [
     "metric_intervals",
     "pooled_metrics",
     "read_privacy_report",
+    "read_record",
     "read_results",
     "record_evaluation",
     "resume_target",
@@ -195,35 +326,66 @@ __all__ = [
     "site_metrics",
     "spend_record",
     "store_saliency",
+    "weights_record",
     "write_run_provenance",
 ]
 
 _EXPORTS = {
+    "AppRecord": "record",
     "BOOTSTRAP_METHOD": "evaluation",
+    "CentralPrivacyRecord": "record",
+    "CentralRelease": "record",
     "EVENTS_FILE": "folder",
+    "EVENT_FAILED": "wave",
+    "EVENT_REPLIED": "wave",
+    "EVENT_SENT": "wave",
+    "Evaluation": "record",
     "Federation": "federation",
     "FederationError": "federation",
-    "HOLDOUT": "round_evaluation",
+    "HOLDOUT": "record",
+    "Intervals": "record",
+    "LedgerHeadRecord": "record",
     "MAX_MAPS": "saliency_store",
     "MAX_PNG_BYTES": "saliency_store",
+    "Metrics": "record",
+    "PrivacySection": "record",
     "QuorumLostError": "federation",
     "RESULTS_FILE": "folder",
+    "RESULTS_SCHEMA": "record",
     "RUNS_DIR_ENV": "server_app",
     "ResumeTarget": "state",
+    "ResumedRecord": "record",
+    "RoundAggregation": "round_aggregation",
+    "RoundEntry": "record",
+    "RoundSecureAggregation": "record",
+    "RoundSpent": "record",
     "RunFolder": "folder",
     "RunPrivacy": "privacy",
+    "RunRecord": "record",
     "RunState": "state",
     "RunStateError": "state",
-    "SALIENCY_DIR": "saliency_store",
+    "RunStateStore": "state",
+    "SALIENCY_DIR": "folder",
     "SALIENCY_RECEIVED": "saliency_store",
     "SALIENCY_REFUSED": "saliency_store",
     "SCHEMA": "folder",
+    "SECURE_AGGREGATION_FAILED": "round_aggregation",
     "STATE_FILE": "state",
     "SaliencyError": "saliency_store",
+    "SampleLevelPrivacy": "record",
+    "SecureAggregationDecision": "record",
+    "SecurityRecord": "record",
+    "SettingsRecord": "record",
     "Site": "federation",
+    "SiteEntry": "record",
     "SiteEvaluation": "evaluation",
     "SitePrivacy": "privacy",
-    "TRAINING_SITES": "round_evaluation",
+    "SitePrivacyRecord": "record",
+    "StoppedRecord": "record",
+    "StrategyReport": "record",
+    "TRAINING_SITES": "record",
+    "TrainInfo": "record",
+    "Wave": "wave",
     "app": "server_app",
     "build_provenance": "provenance",
     "check_png": "saliency_store",
@@ -231,6 +393,7 @@ _EXPORTS = {
     "metric_intervals": "evaluation",
     "pooled_metrics": "evaluation",
     "read_privacy_report": "privacy",
+    "read_record": "folder",
     "read_results": "folder",
     "record_evaluation": "round_evaluation",
     "resume_target": "state",
@@ -239,6 +402,7 @@ _EXPORTS = {
     "site_metrics": "evaluation",
     "spend_record": "privacy",
     "store_saliency": "saliency_store",
+    "weights_record": "wave",
     "write_run_provenance": "provenance",
 }
 

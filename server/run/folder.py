@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -27,18 +27,31 @@ from consortia.common.audit.log import (
     server_log_label,
 )
 from consortia.common.errors import ConsortiaError
-from consortia.common.files import sha256_file, write_json_atomic
+from consortia.common.files import json_default, sha256_file, write_text_atomic
 from consortia.common.logs import utc_now
+from consortia.server.run.record import RESULTS_SCHEMA, RoundEntry, RunRecord
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["EVENTS_FILE", "RESULTS_FILE", "SCHEMA", "RunFolder", "read_results"]
+__all__ = [
+    "EVENTS_FILE",
+    "RESULTS_FILE",
+    "SALIENCY_DIR",
+    "SCHEMA",
+    "RunFolder",
+    "read_record",
+    "read_results",
+]
 
-RESULTS_FILE = "results.json"
-EVENTS_FILE = AUDIT_LOG_FILE
-CHECKPOINT_DIR = "checkpoints"
-SCHEMA = "consortia.results/1"
+RESULTS_FILE: Final = "results.json"
+EVENTS_FILE: Final = AUDIT_LOG_FILE
+CHECKPOINT_DIR: Final = "checkpoints"
+# Saliency maps a held-out site shared: `saliency/<site>/case-NN.png`.
+SALIENCY_DIR: Final = "saliency"
+SCHEMA: Final = RESULTS_SCHEMA
+_STATUS_COMPLETED: Final = "completed"
+_STATUS_RUNNING: Final = "running"
 
 
 def _finite(value: Any) -> Any:
@@ -52,23 +65,32 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def read_results(path: Path, *, missing: str = "not found") -> dict[str, Any]:
-    """The `results.json` of the run folder `path`, checked to be one; errors name the
-    file (`missing` says what its absence means)."""
+def read_record(path: Path, *, missing: str = "not found") -> RunRecord:
+    """The typed `results.json` of the run folder `path`; errors name the file and the
+    field (`missing` says what the file's absence means)."""
     results_path = path / RESULTS_FILE
     try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
+        data = json.loads(results_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConsortiaError(f"{results_path}: {missing}") from None
     except (OSError, ValueError) as err:
         raise ConsortiaError(f"{results_path}: unreadable ({err})") from None
-    if not isinstance(results, dict) or results.get("schema") != SCHEMA:
+    if not isinstance(data, dict):
         raise ConsortiaError(f"{results_path}: not a {SCHEMA} file")
-    return results
+    return RunRecord.from_json(data, str(results_path))
+
+
+def read_results(path: Path, *, missing: str = "not found") -> dict[str, Any]:
+    """`read_record` as the JSON object (for code not yet reading the typed record)."""
+    return read_record(path, missing=missing).to_json()
 
 
 class RunFolder:
-    """Owns `results.json`, the audit log and the checkpoints of one run."""
+    """Owns `results.json`, the audit log and the checkpoints of one run.
+
+    `results` is the record being written, as JSON; every `save` checks it against
+    `RunRecord` before it reaches the disk (a key the schema lacks fails the write), and
+    `record` is the typed view readers use."""
 
     def __init__(
         self, path: Path, header: Mapping[str, Any], *, results: dict[str, Any] | None = None
@@ -84,7 +106,7 @@ class RunFolder:
         self.results = {
             "schema": SCHEMA,
             **header,
-            "status": "running",
+            "status": _STATUS_RUNNING,
             "started_at": utc_now(),
             "finished_at": None,
             "sites": [],
@@ -96,13 +118,30 @@ class RunFolder:
     def reopen(cls, path: Path) -> RunFolder:
         """The folder of a run that did not complete (killed, crashed, stopped for want
         of a quorum), to resume it; the audit chain is checked as it is reopened."""
-        results = read_results(path, missing="no such run to resume")
-        if results.get("status") == "completed":
+        record = read_record(path, missing="no such run to resume")
+        if record.status == _STATUS_COMPLETED:
             raise ConsortiaError(f"{path}: the run completed; there is nothing to resume")
-        return cls(path, {}, results=results)
+        return cls(path, {}, results=record.to_json())
+
+    @property
+    def record(self) -> RunRecord:
+        """The run so far, typed."""
+        return self._validated()[0]
+
+    def _validated(self) -> tuple[RunRecord, str]:
+        text = json.dumps(_finite(self.results), indent=2, allow_nan=False, default=json_default)
+        return RunRecord.from_json(text, str(self.path / RESULTS_FILE)), text
 
     def save(self) -> None:
-        write_json_atomic(self.path / RESULTS_FILE, _finite(self.results))
+        """Check the record against the schema and rewrite `results.json` atomically."""
+        _, text = self._validated()
+        write_text_atomic(self.path / RESULTS_FILE, text)
+
+    def update(self, **fields: Any) -> None:
+        """Set top-level fields of the record (`privacy`, `secure_aggregation`,
+        `ended_early`, ...) and save."""
+        self.results.update(fields)
+        self.save()
 
     def event(self, kind: str, /, **fields: Any) -> None:
         """Append one record to the audit log (fsynced at once; the live progress
@@ -110,6 +149,8 @@ class RunFolder:
         self.audit.append(kind, **_finite(fields))
 
     def update_round(self, round_number: int, **fields: Any) -> None:
+        """Set fields of the `rounds[]` entry of model version `round_number` (created
+        when new) and save."""
         for entry in self.results["rounds"]:
             if entry["round"] == round_number:
                 entry.update(fields)
@@ -118,6 +159,31 @@ class RunFolder:
             self.results["rounds"].append({"round": round_number, **fields})
             self.results["rounds"].sort(key=lambda item: item["round"])
         self.save()
+
+    def add_ledger_heads(self, heads: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record the privacy-ledger head each site's reply carried (the last per site
+        stays in `ledger_heads`); saved with the next write."""
+        self.results.setdefault("ledger_heads", {}).update(heads)
+
+    def resume(self, flower_run_id: int | None, after_round: int) -> None:
+        """Mark a reopened run as running again and record the resumption; save."""
+        self.results.pop("stopped", None)
+        self.results.update(status=_STATUS_RUNNING, finished_at=None)
+        self.results.setdefault("resumed", []).append(
+            {"at": utc_now(), "flower_run_id": flower_run_id, "after_round": after_round}
+        )
+        self.save()
+
+    def round_entry(self, round_number: int) -> RoundEntry | None:
+        """The typed `rounds[]` entry of model version `round_number`, if recorded."""
+        return self.record.round_entry(round_number)
+
+    def drop_rounds_after(self, round_number: int) -> list[int]:
+        """Forget the entries of rounds after `round_number` (a resumed run redoes
+        them); returns their numbers. Saved with the next write."""
+        dropped = [e["round"] for e in self.results["rounds"] if e["round"] > round_number]
+        self.results["rounds"] = [e for e in self.results["rounds"] if e["round"] <= round_number]
+        return dropped
 
     def checkpoint(self, round_number: int, state: Mapping[str, torch.Tensor]) -> tuple[str, str]:
         """Save the global model after `round_number`; returns its path in the folder and

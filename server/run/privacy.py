@@ -8,18 +8,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flwr.app import ConfigRecord, Message
+from flwr.app import Message
 
-from consortia.common.config.privacy_settings import ACCOUNTANTS
 from consortia.common.config.settings import RunSettings
-from consortia.common.privacy.ledger import RoundSpend
+from consortia.common.privacy.spend import PrivacySpend
 from consortia.common.wire import records as rk
-from consortia.common.wire.record_fields import (
-    RecordFieldError,
-    get_config_record,
-    get_float,
-    get_int,
-    get_str,
+from consortia.common.wire.record_fields import RecordFieldError, get_config_record
+from consortia.server.run.record import (
+    CentralPrivacyRecord,
+    PrivacySection,
+    RoundSpent,
+    SampleLevelPrivacy,
+    SitePrivacyRecord,
 )
 
 __all__ = ["RunPrivacy", "SitePrivacy", "read_privacy_report", "spend_record"]
@@ -37,41 +37,15 @@ class SitePrivacy:
     epsilon_before_run: float
 
 
-def spend_record(spend: RoundSpend, num_examples: int) -> dict[str, Any]:
+def spend_record(spend: PrivacySpend, num_examples: int) -> dict[str, Any]:
     """A round's spending as `results.json` keeps it (`rounds[].privacy[site]`)."""
-    return asdict(spend) | {"num_examples": num_examples}
+    return RoundSpent(**spend.spend().model_dump(), num_examples=num_examples).model_dump()
 
 
-def _positive(config: ConfigRecord, key: str, upper: float = math.inf) -> float:
-    value = get_float(config, key)
-    if not (math.isfinite(value) and 0 < value <= upper):
-        raise RecordFieldError(f"'{key}' out of range: {value}")
-    return value
-
-
-def read_privacy_report(reply: Message) -> RoundSpend:
-    """The privacy record of a train reply, every field checked."""
-    record = get_config_record(reply.content, rk.PRIVACY_KEY)
-    accountant = get_str(record, rk.P_ACCOUNTANT)
-    if accountant not in ACCOUNTANTS:
-        raise RecordFieldError(f"'{rk.P_ACCOUNTANT}': unknown accountant {accountant!r}")
-    steps = get_int(record, rk.P_STEPS)
-    if steps <= 0:
-        raise RecordFieldError(f"'{rk.P_STEPS}' must be positive")
-    epsilon = get_float(record, rk.P_EPSILON)
-    run_epsilon = get_float(record, rk.P_RUN_EPSILON)
-    if not (math.isfinite(epsilon) and 0 <= run_epsilon <= epsilon + 1e-9):
-        raise RecordFieldError("epsilon fields out of range")
-    return RoundSpend(
-        noise_multiplier=_positive(record, rk.P_NOISE_MULTIPLIER),
-        sample_rate=_positive(record, rk.P_SAMPLE_RATE, 1.0),
-        steps=steps,
-        delta=_positive(record, rk.P_DELTA, 1.0),
-        epsilon=epsilon,
-        run_epsilon=run_epsilon,
-        accountant=accountant,
-        max_grad_norm=_positive(record, rk.P_MAX_GRAD_NORM),
-    )
+def read_privacy_report(reply: Message) -> PrivacySpend:
+    """The privacy record of a train reply, every field checked (`RecordFieldError`
+    names the field)."""
+    return PrivacySpend.from_record(get_config_record(reply.content, rk.PRIVACY_KEY))
 
 
 class RunPrivacy:
@@ -95,7 +69,7 @@ class RunPrivacy:
         """The site's policy refused a round: it trains no more in this run."""
         self.excluded[name] = reason
 
-    def check(self, report: RoundSpend) -> None:
+    def check(self, report: PrivacySpend) -> None:
         """Refuse a report that does not match what the run asked for."""
         wanted = self.settings
         if abs(report.max_grad_norm - wanted.max_grad_norm) > _PARAM_TOLERANCE:
@@ -111,26 +85,27 @@ class RunPrivacy:
                 f"noise multiplier {report.noise_multiplier:g} differs from the run's {fixed:g}"
             )
 
-    def record(self, name: str, report: RoundSpend) -> None:
+    def record(self, name: str, report: PrivacySpend) -> None:
         self.latest[name] = report.epsilon
 
     def section(self) -> dict[str, Any]:
         """The `privacy` object of results.json."""
-        return {
-            "sample_level": self.settings.model_dump(mode="json"),
-            "central": self.central,
-            "sites": {
-                name: {
-                    "dataset_fingerprint": site.dataset_fingerprint,
-                    "max_epsilon": site.max_epsilon,
-                    "delta": site.delta,
-                    "epsilon_before_run": site.epsilon_before_run,
-                    "epsilon": self.latest.get(name, site.epsilon_before_run),
-                    "excluded": self.excluded.get(name),
-                }
+        section = PrivacySection(
+            sample_level=SampleLevelPrivacy(**self.settings.model_dump(mode="json")),
+            central=CentralPrivacyRecord(**self.central),
+            sites={
+                name: SitePrivacyRecord(
+                    dataset_fingerprint=site.dataset_fingerprint,
+                    max_epsilon=site.max_epsilon,
+                    delta=site.delta,
+                    epsilon_before_run=site.epsilon_before_run,
+                    epsilon=self.latest.get(name, site.epsilon_before_run),
+                    excluded=self.excluded.get(name),
+                )
                 for name, site in sorted(self.sites.items())
             },
-        }
+        )
+        return section.model_dump(mode="json", exclude_unset=True)
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: each site's policy and spending as the run began,

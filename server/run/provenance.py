@@ -26,44 +26,44 @@ logger = logging.getLogger("consortia.server")
 
 def build_provenance(folder: RunFolder, settings: RunSettings, identity: RunIdentity) -> Provenance:
     """The provenance of the run recorded in `folder` (call after `folder.finish`)."""
-    results = folder.results
-    heads = results.get("node_audit_heads") or {}
-    ledger_heads = results.get("ledger_heads") or {}
+    record = folder.record
+    heads = record.node_audit_heads
+    ledger_heads = {name: head.model_dump() for name, head in record.ledger_heads.items()}
     participants = [
         {
-            "site": site["name"],
-            "role": site["role"],
-            "dataset_fingerprint": site["data_fingerprint"],
-            **({"audit_head": heads[site["name"]]} if site["name"] in heads else {}),
-            **({"ledger_head": ledger_heads[site["name"]]} if site["name"] in ledger_heads else {}),
+            "site": site.name,
+            "role": site.role,
+            "dataset_fingerprint": site.data_fingerprint,
+            **({"audit_head": heads[site.name]} if site.name in heads else {}),
+            **({"ledger_head": ledger_heads[site.name]} if site.name in ledger_heads else {}),
         }
-        for site in results.get("sites", [])
+        for site in record.sites
     ]
     rounds = [
         {
-            "round": entry["round"],
-            "global_model_sha256": entry["model_sha256"],
-            "participants": entry.get("participants", []),
+            "round": entry.round,
+            "global_model_sha256": entry.model_sha256,
+            "participants": entry.participants or [],
         }
-        for entry in results.get("rounds", [])
-        if entry.get("model_sha256")
+        for entry in record.rounds
+        if entry.model_sha256
     ]
-    secure_rounds = [
-        entry["round"] for entry in results.get("rounds", []) if entry.get("secure_aggregation")
-    ]
+    secure_rounds = [entry.round for entry in record.rounds if entry.secure_aggregation]
     privacy: dict[str, Any] = {
         "sample_level": settings.privacy.model_dump(mode="json"),
         "central": settings.central_privacy.model_dump(mode="json"),
-        "spent": results.get("privacy"),
+        "spent": record.privacy.model_dump(mode="json", exclude_unset=True)
+        if record.privacy
+        else None,
     }
     return Provenance(
         run_id=folder.path.name,
-        run_name=str(results.get("run_name", folder.path.name)),
+        run_name=record.run_name or folder.path.name,
         config_hash=identity.config_hash,
         app_hash=identity.app_hash,
-        started_at=str(results["started_at"]),
-        finished_at=results.get("finished_at"),
-        status=str(results["status"]),
+        started_at=str(record.started_at),
+        finished_at=record.finished_at,
+        status=str(record.status),
         participants=participants,
         rounds=rounds,
         privacy=privacy,

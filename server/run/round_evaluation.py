@@ -26,13 +26,11 @@ from consortia.server.run.evaluation import (
     site_metrics,
 )
 from consortia.server.run.folder import RunFolder
+from consortia.server.run.record import HOLDOUT, TRAINING_SITES
 
-__all__ = ["HOLDOUT", "TRAINING_SITES", "record_evaluation"]
+__all__ = ["record_evaluation"]
 
 logger = logging.getLogger("consortia.server")
-
-HOLDOUT = "holdout"
-TRAINING_SITES = "training_sites"
 
 
 def _replicates(reply: Message, name: str) -> dict[str, list[float]]:

@@ -23,12 +23,11 @@ from consortia.common.files import write_atomic
 from consortia.common.wire import records as rk
 from consortia.common.wire.record_fields import RecordFieldError, get_array, get_array_record
 from consortia.server.exchange.sites import Site
-from consortia.server.run.folder import RunFolder
+from consortia.server.run.folder import SALIENCY_DIR, RunFolder
 
 __all__ = [
     "MAX_MAPS",
     "MAX_PNG_BYTES",
-    "SALIENCY_DIR",
     "SALIENCY_RECEIVED",
     "SALIENCY_REFUSED",
     "SaliencyError",
@@ -38,7 +37,6 @@ __all__ = [
 
 logger = logging.getLogger("consortia.server")
 
-SALIENCY_DIR: Final = "saliency"
 SALIENCY_RECEIVED: Final = "saliency_received"
 SALIENCY_REFUSED: Final = "saliency_refused"
 MAX_MAPS: Final = 32

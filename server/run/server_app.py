@@ -11,10 +11,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from consortia.common.audit.log import RUN_FAILED, RUN_FINISHED, RUN_STARTED
-from consortia.common.config.settings import run_settings_from_json
+from consortia.common.config.settings import RunSettings, run_settings_from_json
 from consortia.common.crypto.certificates import load_server_key
 from consortia.common.errors import ConsortiaError
-from consortia.common.logs import add_file_handler, setup_logging, utc_now
+from consortia.common.logs import add_file_handler, setup_logging
 from consortia.common.wire import records as rk
 from consortia.common.wire.run_identity import RunIdentity, app_hash_details
 from consortia.server.exchange.reply_verifier import ReplyVerifier
@@ -64,28 +64,7 @@ def main(grid: Grid, context: Context) -> None:
         logger.info("resuming run %s after round %d", run_name, state.round)
     else:
         state = None
-        folder = RunFolder(
-            folder_path,
-            {
-                "run_name": run_name,
-                "flower_run_id": context.run_id,
-                "task": settings.task.value,
-                "settings": settings.model_dump(mode="json"),
-                "config_hash": identity.config_hash,
-                "app": app_hash_details(),
-                "security": protection,
-            },
-        )
-        add_file_handler(folder_path / "server.log")
-        folder.event(
-            RUN_STARTED,
-            run_name=run_name,
-            flower_run_id=context.run_id,
-            rounds=settings.rounds,
-            config_hash=identity.config_hash,
-            app_hash=identity.app_hash,
-            **protection,
-        )
+        folder = _new_folder(folder_path, settings, identity, context.run_id, protection)
     if security is None:
         logger.warning("insecure server: no TLS, no site authentication, unsigned updates")
     verifier = ReplyVerifier(
@@ -117,15 +96,42 @@ def main(grid: Grid, context: Context) -> None:
     logger.info("run %s completed; results in %s", run_name, folder_path)
 
 
+def _new_folder(
+    path: Path,
+    settings: RunSettings,
+    identity: RunIdentity,
+    flower_run_id: int,
+    protection: dict[str, bool],
+) -> RunFolder:
+    """The folder of a new run, its header written and its start audited."""
+    folder = RunFolder(
+        path,
+        {
+            "run_name": path.name,
+            "flower_run_id": flower_run_id,
+            "task": settings.task.value,
+            "settings": settings.model_dump(mode="json"),
+            "config_hash": identity.config_hash,
+            "app": app_hash_details(),
+            "security": protection,
+        },
+    )
+    add_file_handler(path / "server.log")
+    folder.event(
+        RUN_STARTED,
+        run_name=path.name,
+        flower_run_id=flower_run_id,
+        rounds=settings.rounds,
+        config_hash=identity.config_hash,
+        app_hash=identity.app_hash,
+        **protection,
+    )
+    return folder
+
+
 def _reopen(path: Path, config_hash: str, flower_run_id: int) -> tuple[RunFolder, RunState]:
     """The run folder and state of a run to resume (checked before anything is sent)."""
     folder = RunFolder.reopen(path)
     state = RunState.load(path, config_hash)
-    folder.results.pop("stopped", None)
-    folder.results["status"] = "running"
-    folder.results["finished_at"] = None
-    folder.results.setdefault("resumed", []).append(
-        {"at": utc_now(), "flower_run_id": flower_run_id, "after_round": state.round}
-    )
-    folder.save()
+    folder.resume(flower_run_id, after_round=state.round)
     return folder, state

@@ -5,11 +5,13 @@ strategy's state (both with their SHA-256), the privacy bookkeeping of the run (
 budgets, central DP accountant), whether secure aggregation is on, and the audit log's
 head at that moment. `consortia run --resume RUN_DIR` continues from it: the model and
 strategy files must match their hashes, and the audit log must still hold that head.
+`RunStateStore` writes it after every round and resumes a run from it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -17,23 +19,39 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from consortia.common.audit.check import audit_hashes
+from consortia.common.audit.log import RUN_RESUMED
 from consortia.common.errors import ConsortiaError
 from consortia.common.files import sha256_file, write_atomic, write_json_atomic
-from consortia.server.run.folder import RESULTS_FILE, read_results
+from consortia.common.networks.weights import WeightLayout
+from consortia.server.aggregation.aggregation import Aggregation
+from consortia.server.aggregation.strategy import StrategyStateError
+from consortia.server.run.folder import RESULTS_FILE, RunFolder, read_record
+from consortia.server.run.privacy import RunPrivacy
 
 __all__ = [
     "STATE_FILE",
     "ResumeTarget",
     "RunState",
     "RunStateError",
+    "RunStateStore",
     "load_strategy_state",
     "resume_target",
     "save_strategy_state",
 ]
 
+logger = logging.getLogger("consortia.server")
+
 STATE_FILE = "checkpoints/state.json"
 SCHEMA = "consortia.run-state/1"
+# Where the strategy's state after round N is kept (the one before it is removed).
+STRATEGY_FILE = "checkpoints/strategy-{round:03d}.npz"
+# Keys of results.json the resume rewrites.
+_ROUNDS = "rounds"
+_ROUND = "round"
+_PRIVACY = "privacy"
 
 
 class RunStateError(ConsortiaError):
@@ -108,23 +126,22 @@ def resume_target(run_dir: Path) -> ResumeTarget:
     """The run in `run_dir` (its settings and name) and the round it resumes after;
     raises `RunStateError` naming the file and problem when it cannot be resumed."""
     try:
-        results = read_results(run_dir, missing="no run folder here")
+        record = read_record(run_dir, missing="no run folder here")
     except ConsortiaError as err:
         raise RunStateError(str(err)) from None
     results_path = run_dir / RESULTS_FILE
-    if not isinstance(results.get("settings"), dict):
+    if record.settings is None:
         raise RunStateError(f"{results_path}: no run settings in it")
-    if results.get("status") == "completed":
+    if record.status == "completed":
         raise RunStateError(f"{run_dir}: the run completed; there is nothing to resume")
-    config_hash = results.get("config_hash")
-    if not isinstance(config_hash, str):
+    if record.config_hash is None:
         raise RunStateError(f"{results_path}: no config_hash")
-    state = RunState.load(run_dir, config_hash)
-    flower_run_id = results.get("flower_run_id")
+    state = RunState.load(run_dir, record.config_hash)
+    settings = record.settings.model_dump(mode="json", exclude_unset=True)
     return ResumeTarget(
         run_name=run_dir.name,
-        settings_json=json.dumps(results["settings"]),
-        flower_run_id=flower_run_id if isinstance(flower_run_id, int) else None,
+        settings_json=json.dumps(settings),
+        flower_run_id=record.flower_run_id,
         last_round=state.round,
     )
 
@@ -168,3 +185,78 @@ def load_strategy_state(path: Path) -> dict[str, Any]:
         if isinstance(value, float) and not math.isfinite(value):
             raise RunStateError(f"{path}: {key} is not finite")
     return state
+
+
+class RunStateStore:
+    """Writes a run's state after each round and resumes a run from it: the global
+    model, the strategy, the sites' privacy budgets and the aggregation's own state
+    (central DP's accountant)."""
+
+    def __init__(
+        self,
+        folder: RunFolder,
+        layout: WeightLayout,
+        aggregation: Aggregation,
+        privacy: RunPrivacy,
+        config_hash: str,
+    ) -> None:
+        self.folder = folder
+        self.layout = layout
+        self.aggregation = aggregation
+        self.privacy = privacy
+        self.config_hash = config_hash
+
+    def save(self, round_number: int, checkpoint: str, digest: str) -> None:
+        """Everything a resumed run needs after `round_number` (checkpoints/state.json)."""
+        path = self.folder.path
+        strategy_file = STRATEGY_FILE.format(round=round_number)
+        strategy_digest = save_strategy_state(
+            path / strategy_file, self.aggregation.strategy.state_dict()
+        )
+        RunState(
+            round=round_number,
+            model_checkpoint=checkpoint,
+            model_sha256=digest,
+            strategy_file=strategy_file,
+            strategy_sha256=strategy_digest,
+            privacy=self.privacy.state_dict(),
+            central_privacy=self.aggregation.state(),
+            secure_aggregation=self.aggregation.secure,
+            audit_head=self.folder.audit.head,
+            config_hash=self.config_hash,
+        ).save(path)
+        (path / STRATEGY_FILE.format(round=round_number - 1)).unlink(missing_ok=True)
+
+    def resume(self, state: RunState) -> tuple[int, np.ndarray]:
+        """The first round to run and the model it starts from, after restoring the
+        strategy, the privacy budgets and the aggregation; the rounds after the state's
+        are dropped from the results (they are redone). Raises `RunStateError` when the
+        saved state does not fit this run or the audit log lost the state's head."""
+        path = self.folder.path
+        model = torch.load(path / state.model_checkpoint, map_location="cpu", weights_only=True)
+        weights = self.layout.flatten(model)
+        try:
+            self.aggregation.strategy.load_state_dict(
+                load_strategy_state(path / state.strategy_file), vector_size=self.layout.size
+            )
+            self.privacy.load_state_dict(state.privacy)
+            self.aggregation.restore(state.central_privacy)
+        except (ValueError, StrategyStateError) as err:
+            raise RunStateError(f"cannot resume: {err}") from None
+        if state.audit_head not in audit_hashes(self.folder.audit.path):
+            raise RunStateError(
+                "cannot resume: the audit log no longer holds the record the checkpoint "
+                "names (it was truncated or replaced)"
+            )
+        dropped = self.folder.drop_rounds_after(state.round)
+        self.folder.update(privacy=self.privacy.section())
+        logger.info("resuming after round %d (unfinished round(s) %s redone)", state.round, dropped)
+        self.folder.event(
+            RUN_RESUMED,
+            from_round=state.round + 1,
+            checkpoint_head=state.audit_head,
+            model_sha256=state.model_sha256,
+            redone_rounds=dropped,
+        )
+        self.folder.save()
+        return state.round + 1, weights

@@ -8,6 +8,12 @@ round's participants, the site answers with its update masked plus encrypted sha
 learns the sum of the updates, never one of them. Each site's vector is its model delta
 times its weight `examples / weight_norm`, followed by that weight, so the sum divides
 into FedAvg's weighted mean.
+
+`SecureAggregation` is the round loop's face of all this (the `Aggregation` interface of
+`consortia.server.aggregation.aggregation`): it opens each round (leaving out sites over
+their roster's example cap), runs the SecAgg+ round with `SecureAggregator`, and hands
+the unmasked mean to the strategy. `secure_aggregation_decision` says, once per run,
+whether the run aggregates securely.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from consortia.common.config.security_settings import SecureAggregationSettings
+from consortia.common.config.settings import RunSettings
 from consortia.common.secure_aggregation.config import SecAggConfig, SecAggError
-from consortia.common.secure_aggregation.roster import KeyAdvert
+from consortia.common.secure_aggregation.roster import KeyAdvert, secure_required
 from consortia.common.secure_aggregation.wire import (
     decode_adverts,
     decode_public_keys,
@@ -32,10 +40,25 @@ from consortia.common.secure_aggregation.wire import (
 )
 from consortia.common.wire import records as rk
 from consortia.common.wire.record_fields import RecordFieldError, get_config_record
+from consortia.server.aggregation.aggregation import (
+    RECORD_SECURE_AGGREGATION,
+    Aggregation,
+    RoundOutcome,
+    RoundPlan,
+    require_linear,
+)
+from consortia.server.aggregation.strategy import AggregationStrategy
+from consortia.server.exchange.sites import Site
 from consortia.server.exchange.updates import AcceptedUpdate
 from consortia.server.secure_aggregation.session import SecAggServer
 
-__all__ = ["SecureAggregator", "secure_average"]
+__all__ = [
+    "NOT_IN_SECURE_ROUND",
+    "SecureAggregation",
+    "SecureAggregator",
+    "secure_aggregation_decision",
+    "secure_average",
+]
 
 logger = logging.getLogger("consortia.server")
 
@@ -44,6 +67,7 @@ Exchange = Callable[[Sequence[Message]], dict[int, Message]]
 # The sum of the weights the sites masked must match the sum of the example counts they
 # declared in the clear (to within quantisation): a site cannot weigh itself up.
 _WEIGHT_TOLERANCE = 1e-4
+NOT_IN_SECURE_ROUND = "could not take part in this round's secure aggregation"
 
 
 class SecureAggregator:
@@ -235,3 +259,119 @@ def secure_average(
         )
     delta = total[:-1] / weight
     return (weights.astype(np.float64) + delta).astype(weights.dtype)
+
+
+class SecureAggregation(Aggregation):
+    """Secure aggregation as the round loop sees it: each round a SecAgg+ round among the
+    trainers (minus those over their example cap) whose unmasked mean the strategy applies.
+    A round that cannot aggregate securely leaves the model as it is and ends the session.
+
+    `cap_refusal` says why a site may not take part (its declared example count is over
+    its roster cap), or None."""
+
+    secure: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        strategy: AggregationStrategy,
+        aggregator: SecureAggregator,
+        cap_refusal: Callable[[Site], str | None],
+    ) -> None:
+        require_linear(strategy, "secure aggregation reveals only their sum")
+        super().__init__(strategy)
+        self.aggregator = aggregator
+        self._cap_refusal = cap_refusal
+
+    @property
+    def masked_size(self) -> int | None:
+        return self.aggregator.vector_size
+
+    def open_round(self, round_number: int, trainers: Sequence[Site]) -> RoundPlan:
+        """The trainers that take part, each with its SecAgg+ records (a new session first
+        when needed). Sites over their example cap sit out (F5); when too few sites can
+        take part the round asks nobody and `failure` says why."""
+        capped = {}
+        for site in trainers:
+            reason = self._cap_refusal(site)
+            if reason is not None:
+                capped[site.name] = reason
+        left = [site for site in trainers if site.name not in capped]
+        # Messages carry the aggregator's weight norm, also when nobody trains.
+        plan = RoundPlan([], {}, capped, NOT_IN_SECURE_ROUND, None, self.aggregator.weight_norm)
+        if not left:
+            return plan
+        try:
+            records = self.aggregator.prepare(
+                round_number,
+                [site.node_id for site in left],
+                weight_norm=float(max(site.num_train for site in left)),
+            )
+        except SecAggError as err:
+            self.aggregator.fail(str(err))
+            norm = self.aggregator.weight_norm
+            return RoundPlan([], {}, capped, NOT_IN_SECURE_ROUND, str(err), norm)
+        asked = [site for site in left if site.node_id in records]
+        weight_norm = self.aggregator.weight_norm
+        return RoundPlan(asked, records, capped, NOT_IN_SECURE_ROUND, None, weight_norm)
+
+    def aggregate(
+        self,
+        round_number: int,
+        weights: np.ndarray,
+        accepted: Mapping[int, AcceptedUpdate],
+        names: Mapping[int, str],
+        asked: int,
+    ) -> RoundOutcome:
+        """Unmask the sum of the accepted masked updates and apply its mean; a SecAgg+
+        failure leaves the model and ends the session."""
+        try:
+            mean = secure_average(self.aggregator, round_number, weights, accepted)
+        except SecAggError as err:
+            self.aggregator.fail(str(err))
+            return RoundOutcome(weights, f"secure aggregation failed: {err}")
+        new = self.strategy.apply_mean(weights, mean)
+        return RoundOutcome(new, None, self.strategy.mean_details())
+
+    def nothing_to_aggregate(self) -> str:
+        reason = super().nothing_to_aggregate()
+        reason = self.aggregator.failure or reason
+        self.aggregator.fail(reason)
+        return reason
+
+    def participants(
+        self,
+        accepted: Mapping[int, AcceptedUpdate],
+        names: Mapping[int, str],
+        unchanged: str | None,
+    ) -> list[str]:
+        """The sites whose masked updates the sum holds, when the round aggregated."""
+        if unchanged is None:
+            return sorted(names[node] for node in self.aggregator.active)
+        return super().participants(accepted, names, unchanged)
+
+    def round_record(self, unchanged: str | None) -> dict[str, Any]:
+        return {RECORD_SECURE_AGGREGATION: self.aggregator.summary(unchanged)}
+
+
+def secure_aggregation_decision(
+    settings: RunSettings, training_sites: int, strategy: str
+) -> tuple[bool, str]:
+    """Whether the run aggregates securely, and why: decided once per run from the
+    `training_sites` that joined, never downgraded later (a round that cannot aggregate
+    securely fails instead)."""
+    # What counts is how many sites each round sums over (sites_per_round may sample).
+    per_round = min(settings.sites_per_round or training_sites, training_sites)
+    mode = settings.secure_aggregation.mode
+    # With a roster of enough training sites the sites refuse plain updates (F6).
+    on = mode != "off" and (settings.secure_aggregation_for(per_round) or secure_required(settings))
+    if on:
+        reason = f"mode {mode!r}, {per_round} training sites per round"
+    elif mode != "off" and settings.central_privacy.enabled:
+        reason = "central privacy clips each site's update at the server"
+    elif mode != "off" and not settings.strategy.linear:
+        reason = f"strategy {strategy!r} needs each site's update"
+    elif mode == "off":
+        reason = "mode 'off'"
+    else:
+        reason = f"{per_round} training site(s) per round, fewer than min_sites"
+    return on, reason

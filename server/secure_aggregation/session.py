@@ -21,36 +21,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from consortia.common.secure_aggregation.arithmetic import (
-    add_mask,
-    dequantise_sum,
-    quantisation_levels,
-    self_mask_key,
-    subtract_mask,
-)
 from consortia.common.secure_aggregation.config import SecAggConfig, SecAggError
-from consortia.common.secure_aggregation.crypto import (
-    combine_secret,
-    public_key_bytes,
-    public_key_from_bytes,
-)
+from consortia.common.secure_aggregation.crypto import public_key_bytes, public_key_from_bytes
 from consortia.common.secure_aggregation.roster import KeyAdvert
+from consortia.server.secure_aggregation.masked_sum import (
+    MASKED_STAGE,
+    UNMASK_STAGE,
+    MaskedAnswers,
+    MaskedSum,
+    UnmaskAnswers,
+    refuse_stranger,
+)
 
 __all__ = ["SecAggServer"]
 
 _log = logging.getLogger("consortia.server.secagg")
 _T = TypeVar("_T")
-_SECRET_BYTES = 32
 _KEYS, _BEGIN, _MASKED, _UNMASK, _DONE = (
     "advertise keys",
     "begin round",
-    "collect masked vectors",
-    "unmask",
+    MASKED_STAGE,
+    UNMASK_STAGE,
     "done",
 )
 
@@ -69,8 +65,7 @@ class SecAggServer:
         self._round_failed = False
         self._present: tuple[int, ...] = ()
         self._active: tuple[int, ...] = ()
-        self._ciphertexts: dict[int, dict[int, bytes]] = {}
-        self._total = np.zeros(0, dtype=np.uint32)
+        self._sum: MaskedSum | None = None  # the current round's, until it is unmasked
 
     # --- what the caller may ask -----------------------------------------------------------
 
@@ -164,7 +159,7 @@ class SecAggServer:
     ) -> dict[int, dict[int, dict[str, bytes]]]:
         seen: dict[bytes, int] = {}
         for node, pair in keys.items():
-            self._unknown(node, set(self.config.participants), _KEYS)
+            refuse_stranger(node, set(self.config.participants), _KEYS)
             if not isinstance(pair, Mapping) or set(pair) != {"c", "s"}:
                 raise SecAggError(f"secagg: the public keys of node {node} are malformed")
             for name in ("c", "s"):
@@ -220,8 +215,7 @@ class SecAggServer:
             _log.warning("secagg round %d abandoned before it was unmasked", self._round)
         self._round, self._present, self._active = round_number, present, ()
         self._stage, self._round_failed = _MASKED, False
-        self._ciphertexts = {}
-        self._total = np.zeros(self.config.vector_size, dtype=np.uint32)
+        self._sum = MaskedSum(self.config, round_number, present)
 
     def _run(self, stage: str, work: Callable[[], _T]) -> _T:
         if self._round_failed:
@@ -237,73 +231,21 @@ class SecAggServer:
             self._round_failed = True
             raise
 
-    def _unknown(self, node: Any, allowed: Iterable[int], stage: str) -> None:
-        if node not in allowed:
-            raise SecAggError(
-                f"secagg stage '{stage}': answer from node {node}, which is not expected in "
-                "this stage"
-            )
-
-    def receive_masked(
-        self, vectors: Mapping[int, tuple[npt.NDArray[np.uint32], Mapping[int, bytes]]]
-    ) -> tuple[list[int], list[int]]:
+    def receive_masked(self, vectors: MaskedAnswers) -> tuple[list[int], list[int]]:
         """The round's `train` answers: per site, its masked vector and its encrypted shares
         by destination. Adds up the vectors; returns (active, dropped) node ids."""
         return self._run(_MASKED, lambda: self._receive_masked(vectors))
 
-    def _receive_masked(
-        self, vectors: Mapping[int, tuple[npt.NDArray[np.uint32], Mapping[int, bytes]]]
-    ) -> tuple[list[int], list[int]]:
-        cfg, present, size = self.config, self._present, self.config.vector_size
-        for node, answer in vectors.items():
-            self._unknown(node, present, _MASKED)
-            if not isinstance(answer, tuple | list) or len(answer) != 2:
-                raise SecAggError(f"secagg: the answer of node {node} is not (vector, shares)")
-            vector, ciphertexts = answer
-            if (
-                not isinstance(vector, np.ndarray)
-                or vector.dtype != np.uint32
-                or vector.shape != (size,)
-            ):
-                raise SecAggError(
-                    f"secagg: the masked vector of node {node} is not a uint32 vector "
-                    f"of {size} values"
-                )
-            expected = set(cfg.neighbours_in(node, present))
-            if not isinstance(ciphertexts, Mapping) or set(ciphertexts) != expected:
-                got = sorted(ciphertexts) if isinstance(ciphertexts, Mapping) else "?"
-                raise SecAggError(
-                    f"secagg: node {node} sent shares for nodes {got}, expected {sorted(expected)}"
-                )
-            if not all(isinstance(ct, bytes) and ct for ct in ciphertexts.values()):
-                raise SecAggError(f"secagg: node {node} sent empty or non-bytes shares")
-        active = sorted(vectors)
-        t = cfg.threshold
-        if len(active) < t:
-            raise SecAggError(
-                f"secagg stage '{_MASKED}': {len(active)} of {len(present)} sites answered, "
-                f"at least {t} needed (threshold)"
-            )
-        for node in active:
-            holders = [peer for peer in cfg.group_in(node, present) if peer in vectors]
-            if len(holders) < t:
-                raise SecAggError(
-                    f"secagg stage '{_MASKED}': only {len(holders)} holders of node {node}'s "
-                    f"shares answered, at least {t} needed (threshold)"
-                )
-        for node in active:
-            np.add(self._total, vectors[node][0], out=self._total)
-            for dest, ciphertext in vectors[node][1].items():
-                if dest in vectors:
-                    self._ciphertexts.setdefault(dest, {})[node] = ciphertext
+    def _receive_masked(self, vectors: MaskedAnswers) -> tuple[list[int], list[int]]:
+        active = self._open_sum().add(vectors)
         self._active = tuple(active)
         self._stage = _UNMASK
         _log.info(
             "secagg session %d round %d: %d masked vectors, %d dropped",
-            cfg.session,
+            self.config.session,
             self._round,
             len(active),
-            len(present) - len(active),
+            len(self._present) - len(active),
         )
         return active, list(self.dropped)
 
@@ -312,95 +254,26 @@ class SecAggServer:
         sites and the encrypted shares its active neighbours made for it, by sender."""
         if self._round_failed or self._stage != _UNMASK or node not in self._active:
             raise SecAggError(f"secagg round {self._round}: no unmask request for node {node}")
-        return list(self._active), list(self.dropped), dict(self._ciphertexts.get(node, {}))
+        return list(self._active), list(self.dropped), self._open_sum().shares_for(node)
 
-    def unmask(
-        self, shares: Mapping[int, Mapping[str, Mapping[int, bytes]]]
-    ) -> npt.NDArray[np.float64]:
+    def unmask(self, shares: UnmaskAnswers) -> npt.NDArray[np.float64]:
         """The round's unmask answers: removes the masks; returns the float64 sum of the
         active sites' clipped updates."""
         return self._run(_UNMASK, lambda: self._unmask(shares))
 
-    def _gone(self, node: int) -> list[int]:
-        """`node`'s neighbours in the round that dropped out of it."""
-        dropped = set(self.dropped)
-        return [peer for peer in self.config.neighbours_in(node, self._present) if peer in dropped]
-
-    def _unmask(
-        self, shares: Mapping[int, Mapping[str, Mapping[int, bytes]]]
-    ) -> npt.NDArray[np.float64]:
-        cfg, active, t = self.config, set(self._active), self.config.threshold
-        gone = {node: self._gone(node) for node in self._active}
-        b_shares: dict[int, list[bytes]] = {node: [] for node in active}
-        pair_shares: dict[tuple[int, int], list[bytes]] = {
-            (node, peer): [] for node in active for peer in gone[node]
-        }
-        for holder, answer in shares.items():
-            self._unknown(holder, active, _UNMASK)
-            if not isinstance(answer, Mapping) or not set(answer) <= {"b", "pair"}:
-                raise SecAggError(f"secagg: the unmask answer of node {holder} is malformed")
-            group = set(cfg.group_in(holder, self._present)) & active
-            for node, share in answer.get("b", {}).items():
-                if node not in group:
-                    raise SecAggError(
-                        f"secagg: node {holder} sent a seed share for node {node}, "
-                        "not an active member of its group"
-                    )
-                b_shares[node].append(share)
-            for node, joined in answer.get("pair", {}).items():
-                if node not in group or not gone[node]:
-                    raise SecAggError(
-                        f"secagg: node {holder} sent pairwise key shares for node {node}, "
-                        "not an active member of its group with dropped neighbours"
-                    )
-                if not isinstance(joined, bytes) or len(joined) % len(gone[node]):
-                    raise SecAggError(
-                        f"secagg: node {holder}'s shares for node {node} are malformed"
-                    )
-                step = len(joined) // len(gone[node])
-                for at, peer in enumerate(gone[node]):
-                    pair_shares[node, peer].append(joined[at * step : (at + 1) * step])
-        if len(shares) < t:
-            raise SecAggError(
-                f"secagg stage '{_UNMASK}': {len(shares)} of {len(active)} sites answered, "
-                f"at least {t} needed (threshold)"
-            )
-        total = self._total
-        for node in sorted(active):
-            what = f"secagg stage '{_UNMASK}': self-mask seed of node {node}"
-            seed = combine_secret(b_shares[node], t, what)
-            if len(seed) != _SECRET_BYTES:
-                raise SecAggError(f"{what} is malformed")
-            subtract_mask(total, self_mask_key(seed, cfg.session, self._round, node))
-        for (node, peer), parts in sorted(pair_shares.items()):
-            what = f"secagg stage '{_UNMASK}': mask key of node {node} with dropped node {peer}"
-            key = combine_secret(parts, t, what)
-            if len(key) != _SECRET_BYTES:
-                raise SecAggError(f"{what} is malformed")
-            # `node` added this mask if node < peer and subtracted it otherwise
-            if node < peer:
-                subtract_mask(total, key)
-            else:
-                add_mask(total, key)
-        # Bounded influence (F5): each clipped value quantises to [0, Q], so the exact sum
-        # of m vectors lies in [0, m Q], i.e. [-m c, m c]. A site that skipped the clipping
-        # (or wrapped its values modulo 2^32) shows as a coordinate beyond it.
-        limit = len(active) * quantisation_levels(len(self._present))
-        outside = int(np.count_nonzero(total > limit))
-        if outside:
-            raise SecAggError(
-                f"secagg stage '{_UNMASK}': the unmasked sum of {len(active)} sites leaves "
-                f"[-{len(active)} c, {len(active)} c] (c = {cfg.clip_range}) at {outside} "
-                "coordinates: a site sent values outside the clip range; round refused"
-            )
-        result = dequantise_sum(total, cfg.clip_range, len(self._present), len(active))
-        self._total = np.zeros(0, dtype=np.uint32)
-        self._ciphertexts = {}
+    def _unmask(self, shares: UnmaskAnswers) -> npt.NDArray[np.float64]:
+        result = self._open_sum().unmask(self._active, shares)
+        self._sum = None
         self._stage = _DONE
         _log.info(
             "secagg session %d round %d: sum of %d updates unmasked",
-            cfg.session,
+            self.config.session,
             self._round,
-            len(active),
+            len(self._active),
         )
         return result
+
+    def _open_sum(self) -> MaskedSum:
+        if self._sum is None:
+            raise SecAggError(f"secagg round {self._round}: no round is open")
+        return self._sum

@@ -10,11 +10,16 @@ no held-out site) once per executor mode, side by side:
 Per round it records the server's wall time and each site's reported compute time
 (training plus the evaluation fused into the train message), and writes JSON::
 
-    python tests/benchmarks/round_overhead.py --out round_overhead.json
+    python -m tests.benchmarks.round_overhead --out round_overhead.json
 
 overhead = round wall time - slowest site's compute time; overhead_pct = overhead /
 slowest compute. The default work per round is sized to take about 10 s per site on a
 2-core CPU (4 sites share the cores, so each site's compute includes that contention).
+
+To compare code before and after a change on the same machine and load, give
+``--baseline-src TREE`` (a source tree of the earlier code, see ``baseline.py``): each mode
+then runs on that tree first and on this one right after; the report holds both
+(``baseline`` and ``results``) and their steady-state difference (``change``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from rich.console import Console
 
 from consortia.common.logs import setup_logging
 from consortia.server.launch.demo import DemoOptions, run_demo
+from tests.benchmarks.baseline import run_baseline
+
+MODULE = "tests.benchmarks.round_overhead"
+STEADY = "steady_state"
 
 
 def measure(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -78,7 +87,7 @@ def measure(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any
     return {
         "mode": mode,
         "rounds": rounds,
-        "steady_state": {
+        STEADY: {
             "rounds": [r["round"] for r in steady],
             "mean_wall_s": round(statistics.mean(r["wall_s"] for r in steady), 3),
             "mean_max_compute_s": round(statistics.mean(r["max_compute_s"] for r in steady), 3),
@@ -102,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--keep", type=Path, help="keep run folders and node logs here")
+    parser.add_argument(
+        "--baseline-src", type=Path, help="also run each mode on this source tree, just before"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     report: dict[str, Any] = {
@@ -114,13 +126,44 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": {},
     }
+    if args.baseline_src:
+        report["baseline_src"] = str(args.baseline_src)
+        report["baseline"] = {}
+        report["change"] = {}
     with tempfile.TemporaryDirectory(prefix="consortia-bench-") as tmp:
         workdir = args.keep or Path(tmp)
         for mode in args.modes:
+            if args.baseline_src:
+                before = run_baseline(
+                    args.baseline_src, MODULE, _baseline_args(args, mode), "--out"
+                )
+                report["baseline"][mode] = before["results"][mode]
             report["results"][mode] = measure(mode, args, workdir)
+            if args.baseline_src:
+                report["change"][mode] = _change(
+                    report["baseline"][mode][STEADY], report["results"][mode][STEADY]
+                )
             args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    summary = {mode: result["steady_state"] for mode, result in report["results"].items()}
+    summary = {mode: result[STEADY] for mode, result in report["results"].items()}
     logging.getLogger("consortia.bench").info("%s", json.dumps(summary, indent=2))
+
+
+def _baseline_args(args: argparse.Namespace, mode: str) -> list[str]:
+    """The same settings, for the baseline tree's copy of this script (one mode)."""
+    out = ["--modes", mode, "--sites", str(args.sites), "--rounds", str(args.rounds)]
+    out += ["--cases", str(args.cases), "--local-epochs", str(args.local_epochs)]
+    out += ["--image-size", str(args.image_size), "--channels", *map(str, args.channels)]
+    if args.keep:
+        out += ["--keep", str(args.keep / "baseline")]
+    return out
+
+
+def _change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Steady-state wall time and overhead per round, after minus before."""
+    return {
+        "mean_wall_s": round(after["mean_wall_s"] - before["mean_wall_s"], 3),
+        "mean_overhead_s": round(after["mean_overhead_s"] - before["mean_overhead_s"], 3),
+    }
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ It also times the protocol's own work on the model's vector in one process (a si
 masking, the server's unmasking), to separate cryptography from message latency. Writes
 JSON::
 
-    python tests/benchmarks/secure_aggregation.py --sites 4 8 --output secure_aggregation.json
-    python tests/benchmarks/secure_aggregation.py --sites 4 --dp --cases 960 --output sa-dp.json
+    python -m tests.benchmarks.secure_aggregation --sites 4 8 --output secure_aggregation.json
+    python -m tests.benchmarks.secure_aggregation --sites 4 --dp --cases 960 --output sa-dp.json
+
+With ``--baseline-src TREE`` (a source tree of earlier code, see ``baseline.py``) each
+number of sites runs on that tree first and on this one right after, under the same load;
+the report holds both (``baseline`` and ``results``) and the round-time change.
 """
 
 from __future__ import annotations
@@ -44,10 +48,16 @@ from consortia.common.networks.weights import WeightLayout
 from consortia.common.secure_aggregation.config import SecAggConfig, default_threshold
 from consortia.server.launch.demo import DemoOptions, demo_run_settings, run_demo
 from consortia.server.secure_aggregation.session import SecAggServer
+from tests.benchmarks.baseline import run_baseline
 
 __all__ = ["main", "protocol_timings", "run_pair"]
 
 logger = logging.getLogger("consortia.benchmarks")
+
+MODULE = "tests.benchmarks.secure_aggregation"
+ROUND_S_MEAN = "round_s_mean"
+FIRST_ROUND_S = "first_round_s"
+MODES = ("plain", "secure")
 
 
 def _summary(run_dir: Path, sites: int) -> dict[str, Any]:
@@ -57,8 +67,8 @@ def _summary(run_dir: Path, sites: int) -> dict[str, Any]:
     last = rounds[-1]
     return {
         "status": results["status"],
-        "first_round_s": rounds[0]["duration_s"],
-        "round_s_mean": statistics.mean(later),
+        FIRST_ROUND_S: rounds[0]["duration_s"],
+        ROUND_S_MEAN: statistics.mean(later),
         "round_s": [r["duration_s"] for r in rounds],
         "upload_bytes_per_site": statistics.mean(r["upload_bytes"] / sites for r in rounds),
         "secure_status": [(r.get("secure_aggregation") or {}).get("status") for r in rounds],
@@ -72,7 +82,7 @@ def run_pair(
     """A secure and a plain run with `sites` training sites; their summaries."""
     quiet = Console(quiet=True)
     out: dict[str, Any] = {}
-    for mode in ("plain", "secure"):
+    for mode in MODES:
         options = DemoOptions(
             rounds=rounds,
             sites=sites,
@@ -90,7 +100,7 @@ def run_pair(
         out[mode] = _summary(run_dir, sites) | {"wall_s": time.monotonic() - started}
         logger.info("%d sites, %s: %s", sites, mode, out[mode])
     out["ratios"] = {
-        "round_time": out["secure"]["round_s_mean"] / out["plain"]["round_s_mean"],
+        "round_time": out["secure"][ROUND_S_MEAN] / out["plain"][ROUND_S_MEAN],
         "upload_bytes": out["secure"]["upload_bytes_per_site"]
         / out["plain"]["upload_bytes_per_site"],
     }
@@ -153,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     parser.add_argument("--output", type=Path, default=Path("secure_aggregation.json"))
     parser.add_argument("--keep", type=Path, help="keep the run folders here")
+    parser.add_argument(
+        "--baseline-src", type=Path, help="also run each size on this source tree, just before"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     settings = demo_run_settings(DemoOptions(), "bench")
@@ -174,12 +187,39 @@ def main(argv: list[str] | None = None) -> None:
             },
             "results": {},
         }
+        if args.baseline_src:
+            report |= {"baseline_src": str(args.baseline_src), "baseline": {}, "change": {}}
         for sites in args.sites:
+            if args.baseline_src:
+                before = run_baseline(
+                    args.baseline_src, MODULE, _baseline_args(args, sites), "--output"
+                )
+                report["baseline"][str(sites)] = before["results"][str(sites)]
             entry = run_pair(sites, args.rounds, args.cases, output, dp=args.dp, epochs=args.epochs)
+            if args.baseline_src:
+                report["change"][str(sites)] = _change(report["baseline"][str(sites)], entry)
             entry["protocol"] = protocol_timings(sites, vector_size + 1)
             report["results"][str(sites)] = entry
             args.output.write_text(json.dumps(report, indent=2), encoding="utf-8")
     logger.info("wrote %s", args.output)
+
+
+def _baseline_args(args: argparse.Namespace, sites: int) -> list[str]:
+    """The same settings, for the baseline tree's copy of this script (one size)."""
+    out = ["--sites", str(sites), "--rounds", str(args.rounds), "--cases", str(args.cases)]
+    out += ["--epochs", str(args.epochs)] + (["--dp"] if args.dp else [])
+    if args.keep:
+        out += ["--keep", str(args.keep / "baseline")]
+    return out
+
+
+def _change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Mean round time (rounds 2..R) and first round, after minus before, per mode."""
+    return {
+        f"{mode}_{key}": after[mode][key] - before[mode][key]
+        for mode in MODES
+        for key in (ROUND_S_MEAN, FIRST_ROUND_S)
+    }
 
 
 if __name__ == "__main__":

@@ -3,44 +3,43 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from consortia.common.audit.check import read_audit_log
-from consortia.common.demo.data import DemoDataSettings, write_site_npz
 from consortia.server.report.data import build_report
-from tests.support.cli_federation import CLI, CliFederation
+from tests.support.builders import run_toml
+from tests.support.cli import consortia, output_of
+from tests.support.cli_federation import CliFederation
+from tests.support.federation import SiteSpec, add_sites
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_server_nodes_and_run_commands(tmp_path: Path, federation: CliFederation) -> None:
     federation.start_server()
-    configs = []
-    for index, (name, role) in enumerate(
-        [("north", "train"), ("south", "train"), ("east", "holdout")]
-    ):
-        folder = tmp_path / name
-        folder.mkdir()
-        write_site_npz(
-            folder / "data.npz",
-            index,
-            DemoDataSettings(image_size=32, train_cases=16, test_cases=8),
-        )
+    sites = [
+        # [node] device reaches training (issue 20)
+        SiteSpec("north", privacy=None, node={"device": "cpu"}),
+        SiteSpec("south", privacy=None),
         # the held-out site shares two saliency maps of the final model
-        extra = "[saliency]\nimages = 2\nshare = true\n" if role == "holdout" else ""
-        if name == "north":
-            extra = 'device = "cpu"\n'  # [node] device reaches training (issue 20)
-        configs.append(federation.site_config(folder, name, role, "data.npz", extra))
-    federation.start_nodes(configs)
+        SiteSpec(
+            "east",
+            role="holdout",
+            privacy=None,
+            tables={"saliency": {"images": 2, "share": True}},
+        ),
+    ]
+    add_sites(federation, sites)
     results = federation.run(
         "cli-test",
-        '[run]\nname = "cli-test"\nrounds = 2\nmin_sites = 3\n'
-        "[run.model]\nchannels = [8, 16]\nstrides = [2]\nnorm_groups = 4\nnum_res_units = 0\n"
-        "[run.training]\nbatch_size = 8\n[run.report]\ntensorboard = true\n",
+        run_toml(
+            "cli-test",
+            training={"batch_size": 8},
+            tables={"report": {"tensorboard": True}},
+        ),
     )
     assert results["dir"].name.startswith("cli-test-")
     assert results["status"] == "completed"
@@ -79,18 +78,10 @@ def test_server_nodes_and_run_commands(tmp_path: Path, federation: CliFederation
 def test_cli_reports_config_errors_by_field(tmp_path: Path) -> None:
     bad = tmp_path / "run.toml"
     bad.write_text("[run]\nrounds = 2\nlocal_epochs = 3\n", encoding="utf-8")
-    result = subprocess.run(
-        [*CLI, "run", str(bad)], capture_output=True, text=True, timeout=120, check=False
-    )
+    result = consortia("run", bad)
     assert result.returncode == 2
-    assert "run.toml [run]: local_epochs: unknown key" in result.stderr + result.stdout
+    assert "run.toml [run]: local_epochs: unknown key" in output_of(result)
 
-    missing = subprocess.run(
-        [*CLI, "node", "start", "--site-config", str(tmp_path / "x.toml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    missing = consortia("node", "start", "--site-config", tmp_path / "x.toml")
     assert missing.returncode == 2
-    assert "config file not found" in missing.stderr + missing.stdout
+    assert "config file not found" in output_of(missing)

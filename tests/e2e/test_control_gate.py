@@ -71,11 +71,13 @@ def _runs(connection: SuperLinkConnection) -> list[object]:
 
 
 def test_an_outsider_cannot_run_code_on_the_server(
-    tmp_path: Path, federation: CliFederation
+    tmp_path: Path, secured_server: CliFederation
 ) -> None:
+    federation = secured_server
     assert federation.consortium is not None
-    federation.start_server()
     ca = federation.consortium.ca_certificate
+    audit_log = federation.root / "server" / "audit.jsonl"
+    earlier = len(read_audit_log(audit_log)) if audit_log.exists() else 0
     marker = tmp_path / "server-side-marker"
     foreign = _foreign_app(tmp_path / "foreign", marker)
 
@@ -90,6 +92,7 @@ def test_an_outsider_cannot_run_code_on_the_server(
     #    machine), a foreign app, and Consortia's app carrying a code file, are refused
     #    before Flower stores or loads them.
     local = SuperLinkConnection.of(federation.control, tmp_path / "local", ca)
+    stored = _runs(local)  # the shared server's runs before this test's submissions
     with pytest.raises(ConsortiaError, match="ships files of its own"):
         submit_run(foreign, local, connect_timeout_s=30)
     # Only a pyproject.toml, naming installed code that is not Consortia's app.
@@ -101,7 +104,7 @@ def test_an_outsider_cannot_run_code_on_the_server(
     shadowing = _consortia_app_with_code(tmp_path / "shadow", marker)
     with pytest.raises(ConsortiaError, match="ships files of its own"):
         submit_run(shadowing, local, connect_timeout_s=30)
-    assert _runs(local) == []  # Flower never stored a run
+    assert _runs(local) == stored  # Flower never stored a run
 
     # 3. Consortia's own app is still accepted there (and its run then waits for sites).
     settings = load_run_settings(Path(__file__).parents[2] / "configs" / "run-segmentation.toml")
@@ -113,7 +116,7 @@ def test_an_outsider_cannot_run_code_on_the_server(
     time.sleep(3.0)  # the SuperExec would have picked a stored foreign run up by now
     assert not marker.exists(), marker.read_text()
 
-    records = read_audit_log(tmp_path / "server" / "audit.jsonl")
+    records = read_audit_log(audit_log)[earlier:]  # this test's records
     events = [record["event"] for record in records]
     assert events.count(APP_REFUSED) == 3, events
     assert API_REFUSED in events and APP_STARTED in events

@@ -1,14 +1,18 @@
 """End to end through Flower's real runtime: SuperLink + SuperNodes on 127.0.0.1.
 
 `consortia demo` is run as a user runs it (a subprocess of the installed CLI), with tiny
-settings; the test then checks the run folder it wrote and that no process survived.
+settings; each test then checks the run folder it wrote and that no process survived.
+The two demos run at the same time (one module fixture): most of a demo's time is spent
+waiting on Flower's polls, not computing.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,44 +20,112 @@ import pytest
 from consortia.server.report.writer import write_report
 from consortia.server.run.folder import EVENTS_FILE
 from tests.support.browser import render_page
+from tests.support.cli import CLI, consortia
 from tests.support.processes import flower_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLI = [sys.executable, "-m", "consortia.common.cli"]
-
-
 # Segmentation with 3 training sites (secure aggregation on by default), classification
 # with 2 (plain aggregation): both paths through the real runtime, TLS and signatures on.
-@pytest.mark.parametrize(("task", "sites"), [("segmentation", 4), ("classification", 3)])
-def test_demo_runs_a_whole_federation(tmp_path: Path, task: str, sites: int) -> None:
-    before = flower_processes()
-    result = subprocess.run(
-        [
-            *CLI,
-            "demo",
-            "--rounds",
-            "2",
-            "--sites",
-            str(sites),
-            "--task",
-            task,
-            "--output",
-            str(tmp_path),
-            "--image-size",
-            "32",
-            "--cases",
-            "24",
-            "--local-epochs",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+DEMOS = {"segmentation": 4, "classification": 3}
+
+
+@dataclass(frozen=True)
+class Demo:
+    """One finished `consortia demo`: its output folder, exit status and what it printed."""
+
+    output: Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class Demos:
+    """Both demos, run at the same time, and the Flower processes before and after."""
+
+    runs: dict[str, Demo]
+    before: set[str]
+    after: set[str]
+
+
+def _start(task: str, sites: int, output: Path, logs: ExitStack) -> subprocess.Popen[bytes]:
+    output.mkdir(parents=True)
+    args = ["--rounds", "2", "--sites", str(sites), "--task", task, "--output", str(output)]
+    args += ["--image-size", "32", "--cases", "24", "--local-epochs", "1"]
+    return subprocess.Popen(
+        [*CLI, "demo", *args],
+        stdout=logs.enter_context((output.parent / f"{task}.out").open("wb")),
+        stderr=logs.enter_context((output.parent / f"{task}.err").open("wb")),
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "SYNTHETIC" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demos]:
+    """Both demos, started together (each waits on Flower's polls most of the time)."""
+    root = tmp_path_factory.mktemp("demos")
+    before = flower_processes()
+    with ExitStack() as logs:
+        started = {task: _start(task, n, root / task, logs) for task, n in DEMOS.items()}
+        try:
+            codes = {task: demo.wait(timeout=600) for task, demo in started.items()}
+        finally:
+            for demo in started.values():
+                if demo.poll() is None:
+                    demo.kill()
+    runs = {
+        task: Demo(
+            root / task,
+            codes[task],
+            (root / f"{task}.out").read_text(errors="replace"),
+            (root / f"{task}.err").read_text(errors="replace"),
+        )
+        for task in DEMOS
+    }
+    yield Demos(runs, before, flower_processes())
+
+
+def _check_events_and_audit(run_dir: Path, roles: set[str], secure: bool) -> None:
+    """The event log, the audit trail and the signed provenance of a finished demo."""
+    events = [json.loads(line) for line in (run_dir / EVENTS_FILE).read_text().splitlines()]
+    kinds = [event["event"] for event in events]
+    assert kinds[:2] == ["log_opened", "run_started"] and kinds[-1] == "run_finished"
+    assert kinds.count("round_done") == 2
+    assert all(event["time"].endswith("Z") for event in events)
+    assert kinds.count("update_verified") >= 2 * len(roles)
+
+    # The audit trail and the signed provenance verify against the consortium CA.
+    ca = run_dir / "workspace" / "pki" / "server" / "ca.pem"
+    verified = consortia("audit", "verify", run_dir, "--ca", ca, "--json")
+    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
+    provenance = json.loads((run_dir / "provenance.json").read_text())["provenance"]
+    assert [r["round"] for r in provenance["rounds"]] == [0, 1, 2]
+    assert provenance["secure_aggregation"]["enabled"] == secure
+
+
+def _check_report(
+    run_dir: Path, stdout: str, roles: set[str], interval: tuple[float, float]
+) -> None:
+    """The report the demo wrote, opened in a browser (and its data, as `--json` has it)."""
+    low, high = interval
+    assert "report.html" in stdout
+    page = render_page(run_dir / "report" / "report.html")
+    write_report(run_dir, run_dir / "report", json_copy=True)
+    cross = {row[0]: row for row in page.tables["cross-site"][1:]}
+    assert set(cross) == {*roles, "held-out sites (pooled)", "training sites (pooled)"}
+    assert f"[{low:.3f}, {high:.3f}]" in cross["held-out sites (pooled)"][3]
+    assert {row[0] for row in page.tables["participation"][1:]} == {"1", "2"}
+    figures = json.loads((run_dir / "report" / "report.json").read_text())["figures"]
+    assert {"learning-curves", "epsilon", "participation"} <= set(figures)
+    assert len(page.images) == len(figures) and page.colourful_pixels() > 20_000
+
+
+@pytest.mark.parametrize(("task", "sites"), DEMOS.items())
+def test_demo_runs_a_whole_federation(demos: Demos, task: str, sites: int) -> None:
+    demo = demos.runs[task]
+    tmp_path = demo.output
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "SYNTHETIC" in demo.stdout
 
     [run_dir] = [p for p in tmp_path.iterdir() if p.name.startswith("demo-")]
     results = json.loads((run_dir / "results.json").read_text())
@@ -104,37 +176,7 @@ def test_demo_runs_a_whole_federation(tmp_path: Path, task: str, sites: int) -> 
     assert len(list(site_state.glob("case-*.png"))) == 4
     assert not (run_dir / "saliency").exists()
 
-    # The report the demo wrote, opened in a browser (and its data, as `--json` has it).
-    assert "report.html" in result.stdout
-    page = render_page(run_dir / "report" / "report.html")
-    write_report(run_dir, run_dir / "report", json_copy=True)
-    cross = {row[0]: row for row in page.tables["cross-site"][1:]}
-    assert set(cross) == {*roles, "held-out sites (pooled)", "training sites (pooled)"}
-    assert f"[{low:.3f}, {high:.3f}]" in cross["held-out sites (pooled)"][3]
-    assert {row[0] for row in page.tables["participation"][1:]} == {"1", "2"}
-    figures = json.loads((run_dir / "report" / "report.json").read_text())["figures"]
-    assert {"learning-curves", "epsilon", "participation"} <= set(figures)
-    assert len(page.images) == len(figures) and page.colourful_pixels() > 20_000
-
-    events = [json.loads(line) for line in (run_dir / EVENTS_FILE).read_text().splitlines()]
-    kinds = [event["event"] for event in events]
-    assert kinds[:2] == ["log_opened", "run_started"] and kinds[-1] == "run_finished"
-    assert kinds.count("round_done") == 2
-    assert all(event["time"].endswith("Z") for event in events)
-    assert kinds.count("update_verified") >= 2 * len(roles)
-
-    # The audit trail and the signed provenance verify against the consortium CA.
-    ca = run_dir / "workspace" / "pki" / "server" / "ca.pem"
-    verified = subprocess.run(
-        [*CLI, "audit", "verify", str(run_dir), "--ca", str(ca), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
-    provenance = json.loads((run_dir / "provenance.json").read_text())["provenance"]
-    assert [r["round"] for r in provenance["rounds"]] == [0, 1, 2]
-    assert provenance["secure_aggregation"]["enabled"] == (len(trainers) >= 3)
-
-    assert flower_processes() <= before, "demo left Flower processes running"
+    _check_events_and_audit(run_dir, set(roles), len(trainers) >= 3)
+    assert demos.after <= demos.before, "demo left Flower processes running"
+    # last: it is skipped where no browser is installed
+    _check_report(run_dir, demo.stdout, set(roles), (low, high))

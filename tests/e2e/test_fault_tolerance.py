@@ -14,32 +14,29 @@ federation of three training sites and a held-out site on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from consortia.common.demo.data import DemoDataSettings, write_site_npz
 from consortia.common.privacy.ledger import PrivacyLedger
 from consortia.server.run.folder import EVENTS_FILE
 from consortia.server.run.state import STATE_FILE
-from tests.support.cli_federation import CLI, CliFederation
+from tests.support.builders import NO_DP, run_toml
+from tests.support.cli import consortia
+from tests.support.cli_federation import CliFederation
+from tests.support.federation import SiteSpec, start_federation
 from tests.support.processes import kill_tree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TRAINERS = ("alpha", "beta", "gamma")
-NET = "[run.model]\nchannels = [8, 16]\nstrides = [2]\nnorm_groups = 4\nnum_res_units = 0\n"
-MODEL = NET + "[run.training]\nbatch_size = 4\nlearning_rate = 0.005\nlocal_epochs = 2\n"
+TRAINING = {"batch_size": 4, "learning_rate": 0.005, "local_epochs": 2}
 # Without DP (its noise is fresh OS entropy in every run) and with enough local steps
 # for the model to learn in 3 rounds (held-out Dice 0.262; 0.039 untrained).
-REPRODUCIBLE = (
-    NET
-    + "[run.training]\nbatch_size = 4\nlearning_rate = 0.005\nlocal_epochs = 10\n"
-    + "[run.privacy]\nenabled = false\n"
-)
+REPRODUCIBLE = {**TRAINING, "local_epochs": 10}
+SITE_POLICY = {"allow_non_private": True, "max_epsilon": 1000, "delta": 1e-3}
 
 
 def _config(
@@ -47,12 +44,16 @@ def _config(
 ) -> str:
     """Default privacy (DP-SGD to epsilon 8) unless `dp` (noise multiplier 1) or
     `reproducible` (no DP, the REPRODUCIBLE model and training)."""
-    privacy = "[run.privacy]\nnoise_multiplier = 1.0\nmax_grad_norm = 1.0\n" if dp else ""
-    tables = REPRODUCIBLE if reproducible else MODEL + privacy
-    return (
-        f'[run]\nname = "{name}"\nrounds = {rounds}\nmin_sites = 4\nseed = 7\n'
-        f"straggler_timeout_s = {straggler_s}\n{tables}"
-        '[run.secure_aggregation]\nmode = "off"\n'
+    privacy = {"noise_multiplier": 1.0, "max_grad_norm": 1.0} if dp else None
+    return run_toml(
+        name,
+        rounds=rounds,
+        min_sites=4,
+        seed=7,
+        straggler_timeout_s=straggler_s,
+        training=REPRODUCIBLE if reproducible else TRAINING,
+        privacy=NO_DP if reproducible else privacy,
+        secure_aggregation={"mode": "off"},
     )
 
 
@@ -109,23 +110,12 @@ def _holdout_dice(results: dict, round_number: int | None = None) -> float:
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliFederation]:
-    root = tmp_path_factory.mktemp("fault")
-    federation = CliFederation(root)
-    federation.start_server()
-    data = DemoDataSettings(image_size=32, train_cases=16, test_cases=8)
-    configs = []
-    for index, name in enumerate([*TRAINERS, "delta"]):
-        folder = root / name
-        folder.mkdir()
-        write_site_npz(folder / "data.npz", index, data)
-        role = "holdout" if name == "delta" else "train"
-        policy = "[privacy]\nallow_non_private = true\nmax_epsilon = 1000\ndelta = 1e-3\n"
-        configs.append(federation.site_config(folder, name, role, "data.npz", policy))
-    federation.start_nodes(configs)
-    try:
+    sites = [
+        SiteSpec(name, role=role, privacy=SITE_POLICY)
+        for name, role in [*((name, "train") for name in TRAINERS), ("delta", "holdout")]
+    ]
+    with start_federation(tmp_path_factory.mktemp("fault"), sites) as federation:
         yield federation
-    finally:
-        federation.stop()
 
 
 def test_server_killed_mid_run_resumes_to_the_same_model(fed: CliFederation) -> None:
@@ -157,12 +147,7 @@ def test_server_killed_mid_run_resumes_to_the_same_model(fed: CliFederation) -> 
     assert _has_event(run_dir, "run_resumed", from_round=2)
     assert fed.consortium is not None
     ca = str(fed.consortium.ca_certificate)
-    verify = subprocess.run(
-        [*CLI, "audit", "verify", str(run_dir), "--ca", ca],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    verify = consortia("audit", "verify", run_dir, "--ca", ca)
     assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-2000:]
 
 
@@ -188,13 +173,13 @@ def test_dp_round_in_flight_at_the_crash_is_not_counted_twice(fed: CliFederation
             entries[-1].epsilon, rel=1e-9
         )
     ledgers = [str(_ledger(fed, site)) for site in TRAINERS]
-    audit = subprocess.run(
-        [*CLI, "audit", "privacy", str(run_dir), "--json"]
-        + [arg for ledger in ledgers for arg in ("--ledger", ledger)],
-        capture_output=True,
-        text=True,
+    audit = consortia(
+        "audit",
+        "privacy",
+        run_dir,
+        "--json",
+        *[arg for ledger in ledgers for arg in ("--ledger", ledger)],
         timeout=300,
-        check=False,
     )
     assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-2000:]
 

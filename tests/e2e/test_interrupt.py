@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from consortia.server.run.folder import EVENTS_FILE
+from tests.support.cli import CLI
 from tests.support.processes import flower_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -20,9 +20,7 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     before = flower_processes()
     demo = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "consortia.common.cli",
+            *CLI,
             "demo",
             "--rounds",
             "50",

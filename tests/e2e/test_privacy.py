@@ -11,15 +11,17 @@ recomputes every number and finds the server's records and the ledgers consisten
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from consortia.common.demo.data import DemoDataSettings, write_site_npz
 from consortia.common.privacy.accounting import epsilon_of, poisson_plan
 from consortia.common.privacy.ledger import PrivacyLedger
-from tests.support.cli_federation import CLI, CliFederation
+from tests.support.builders import run_toml
+from tests.support.cli import consortia
+from tests.support.cli_federation import CliFederation
+from tests.support.federation import SiteSpec, add_sites
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -29,24 +31,20 @@ SIGMA = 1.0
 DELTA = 1e-3  # below 1/N for 16 examples
 
 
-def _site(fed: CliFederation, name: str, index: int, role: str, limit: float) -> Path:
-    folder = fed.root / name
-    folder.mkdir()
-    write_site_npz(
-        folder / "data.npz",
-        index,
-        DemoDataSettings(image_size=32, train_cases=TRAIN_CASES, test_cases=8),
-    )
-    policy = f"[privacy]\nmax_epsilon = {limit}\ndelta = {DELTA}\n"
-    return fed.site_config(folder, name, role, "data.npz", policy)
+def _site(name: str, role: str, limit: float) -> SiteSpec:
+    policy = {"max_epsilon": limit, "delta": DELTA}
+    return SiteSpec(name, role=role, train_cases=TRAIN_CASES, privacy=policy)
 
 
-def _run_config(name: str, extra: str = "") -> str:
-    return (
-        f'[run]\nname = "{name}"\nrounds = 2\nmin_sites = 3\n{extra}'
-        "[run.model]\nchannels = [8, 16]\nstrides = [2]\nnorm_groups = 4\n"
-        f"num_res_units = 0\n[run.training]\nbatch_size = {BATCH}\n"
-        f"[run.privacy]\nnoise_multiplier = {SIGMA}\nmax_grad_norm = 1.0\n"
+def _run_config(name: str, min_training_sites: int | None = None) -> str:
+    run: dict[str, Any] = {}
+    if min_training_sites is not None:
+        run["min_training_sites"] = min_training_sites
+    return run_toml(
+        name,
+        training={"batch_size": BATCH},
+        privacy={"noise_multiplier": SIGMA, "max_grad_norm": 1.0},
+        **run,
     )
 
 
@@ -56,12 +54,34 @@ def _ledger(root: Path, name: str) -> Path:
 
 
 def _audit(run_dir: Path, *ledgers: Path) -> tuple[int, dict]:
-    args = [*CLI, "audit", "privacy", str(run_dir), "--json"]
+    args: list[str | Path] = ["audit", "privacy", run_dir, "--json"]
     for ledger in ledgers:
-        args += ["--ledger", str(ledger)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+        args += ["--ledger", ledger]
+    result = consortia(*args, timeout=300)
     assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
     return result.returncode, json.loads(result.stdout)
+
+
+def _check_first_run(
+    first: dict[str, Any], tmp_path: Path, steps: int, epsilons: tuple[float, float]
+) -> None:
+    """Run 1: south, with room for one round, refuses the second; east spends nothing."""
+    eps_1, eps_2 = epsilons
+    assert first["status"] == "completed"
+    rounds = {entry["round"]: entry for entry in first["rounds"]}
+    assert rounds[1]["participants"] == ["north", "south"]
+    assert rounds[2]["participants"] == ["north"]
+    assert "privacy budget" in rounds[2]["left_out"]["south"]
+    south = first["privacy"]["sites"]["south"]
+    assert "over the site's limit" in south["excluded"]
+    assert rounds[1]["privacy"]["south"]["epsilon"] == pytest.approx(eps_1, rel=1e-9)
+    assert rounds[2]["privacy"]["north"]["epsilon"] == pytest.approx(eps_2, rel=1e-9)
+    assert rounds[2]["privacy"]["north"]["steps"] == steps
+    # the held-out site never spends budget
+    assert "east" not in first["privacy"]["sites"]
+    assert not (tmp_path / "east" / "state" / "privacy").exists() or not list(
+        (tmp_path / "east" / "state" / "privacy").glob("*.json")
+    )
 
 
 def test_budgets_are_enforced_persisted_and_audited(
@@ -73,29 +93,17 @@ def test_budgets_are_enforced_persisted_and_audited(
     eps_2 = epsilon_of([one_round, one_round], DELTA, "rdp")
     south_limit = (eps_1 + eps_2) / 2  # room for exactly one round
     federation.start_server()
-    configs = [
-        _site(federation, "north", 0, "train", 1000.0),
-        _site(federation, "south", 1, "train", south_limit),
-        _site(federation, "east", 2, "holdout", 1000.0),
-    ]
-    federation.start_nodes(configs)
+    configs = add_sites(
+        federation,
+        [
+            _site("north", "train", 1000.0),
+            _site("south", "train", south_limit),
+            _site("east", "holdout", 1000.0),
+        ],
+    )
 
     first = federation.run("dp-one", _run_config("dp-one"))
-    assert first["status"] == "completed"
-    rounds = {entry["round"]: entry for entry in first["rounds"]}
-    assert rounds[1]["participants"] == ["north", "south"]
-    assert rounds[2]["participants"] == ["north"]
-    assert "privacy budget" in rounds[2]["left_out"]["south"]
-    south = first["privacy"]["sites"]["south"]
-    assert "over the site's limit" in south["excluded"]
-    assert rounds[1]["privacy"]["south"]["epsilon"] == pytest.approx(eps_1, rel=1e-9)
-    assert rounds[2]["privacy"]["north"]["epsilon"] == pytest.approx(eps_2, rel=1e-9)
-    assert rounds[2]["privacy"]["north"]["steps"] == plan.steps(1)
-    # the held-out site never spends budget
-    assert "east" not in first["privacy"]["sites"]
-    assert not (tmp_path / "east" / "state" / "privacy").exists() or not list(
-        (tmp_path / "east" / "state" / "privacy").glob("*.json")
-    )
+    _check_first_run(first, tmp_path, plan.steps(1), (eps_1, eps_2))
 
     code, report = _audit(first["dir"], _ledger(tmp_path, "north"), _ledger(tmp_path, "south"))
     assert code == 0, report["flags"]
@@ -103,7 +111,7 @@ def test_budgets_are_enforced_persisted_and_audited(
     # Restart every node: the ledgers on disk carry the spending into the next run.
     federation.stop_nodes()
     federation.start_nodes(configs)
-    second = federation.run("dp-two", _run_config("dp-two", "min_training_sites = 2\n"))
+    second = federation.run("dp-two", _run_config("dp-two", min_training_sites=2))
     assert second["privacy"]["sites"]["north"]["epsilon_before_run"] == pytest.approx(eps_2)
     assert second["status"] == "completed"
     assert "min_training_sites=2" in second["ended_early"]

@@ -18,39 +18,24 @@ import numpy as np
 import pytest
 import torch
 
-from consortia.common.demo.data import DemoDataSettings, write_site_npz
+from tests.support.builders import NO_DP, run_toml
 from tests.support.cli_federation import CliFederation
+from tests.support.federation import SiteSpec, add_sites
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-MODEL = "[run.model]\nchannels = [8, 16]\nstrides = [2]\nnorm_groups = 4\nnum_res_units = 0\n"
 
-
-def _run_config(name: str, mode: str, rounds: int, extra: str = "") -> str:
-    return (
-        f'[run]\nname = "{name}"\nrounds = {rounds}\nmin_sites = {{sites}}\n'
-        f"connect_timeout_s = 90\nround_timeout_s = 45\n{extra}"
-        f"{MODEL}[run.training]\nbatch_size = 8\n[run.privacy]\nenabled = false\n"
-        f'[run.secure_aggregation]\nmode = "{mode}"\nstage_timeout_s = 30\n'
+def _run_config(name: str, mode: str, rounds: int, sites: int) -> str:
+    return run_toml(
+        name,
+        rounds=rounds,
+        min_sites=sites,
+        connect_timeout_s=90,
+        round_timeout_s=45,
+        training={"batch_size": 8},
+        privacy=NO_DP,
+        secure_aggregation={"mode": mode, "stage_timeout_s": 30},
     )
-
-
-def _sites(tmp_path: Path, federation: CliFederation, names: list[str]) -> list[Path]:
-    configs = []
-    for index, name in enumerate(names):
-        folder = tmp_path / name
-        folder.mkdir()
-        write_site_npz(
-            folder / "data.npz",
-            index,
-            DemoDataSettings(image_size=32, train_cases=16, test_cases=4),
-        )
-        configs.append(
-            federation.site_config(
-                folder, name, "train", "data.npz", "[privacy]\nallow_non_private = true\n"
-            )
-        )
-    return configs
 
 
 def _weights(run_dir: Path, round_number: int) -> np.ndarray:
@@ -58,12 +43,11 @@ def _weights(run_dir: Path, round_number: int) -> np.ndarray:
     return np.concatenate([state[k].numpy().ravel() for k in sorted(state)])
 
 
-def test_secure_aggregate_equals_plain_aggregate(tmp_path: Path, federation: CliFederation) -> None:
-    federation.start_server()
-    configs = _sites(tmp_path, federation, ["a", "b", "c"])
-    federation.start_nodes(configs)
-    plain = federation.run("plain", _run_config("plain", "off", 2).format(sites=3))
-    secure = federation.run("secure", _run_config("secure", "on", 2).format(sites=3))
+def test_secure_aggregate_equals_plain_aggregate(four_sites: CliFederation) -> None:
+    # Sites a, b and c approve both runs; d (of the shared federation) approves neither.
+    *approving, _ = four_sites.site_configs
+    plain = four_sites.run("plain", _run_config("plain", "off", 2, 3), approved_by=approving)
+    secure = four_sites.run("secure", _run_config("secure", "on", 2, 3), approved_by=approving)
     for results in (plain, secure):
         assert results["status"] == "completed"
     assert all(r.get("secure_aggregation") is None for r in plain["rounds"])
@@ -100,10 +84,9 @@ def _kill_after(run_dir: list[Path], federation: CliFederation, kills: dict[int,
                 done.add(after)
 
 
-def test_dropouts_within_and_beyond_tolerance(tmp_path: Path, federation: CliFederation) -> None:
+def test_dropouts_within_and_beyond_tolerance(federation: CliFederation) -> None:
     federation.start_server()
-    configs = _sites(tmp_path, federation, ["a", "b", "c", "d"])
-    federation.start_nodes(configs)
+    add_sites(federation, [SiteSpec(name, test_cases=4) for name in ("a", "b", "c", "d")])
     run_dir: list[Path] = []
     # 4 sites, threshold 3: one may drop out; after round 1 "d" dies, after round 2 "c".
     killer = threading.Thread(
@@ -111,9 +94,7 @@ def test_dropouts_within_and_beyond_tolerance(tmp_path: Path, federation: CliFed
     )
     killer.start()
     started = time.monotonic()
-    results: dict[str, Any] = federation.run(
-        "dropout", _run_config("dropout", "on", 3).format(sites=4)
-    )
+    results: dict[str, Any] = federation.run("dropout", _run_config("dropout", "on", 3, 4))
     killer.join(5)
     assert results["status"] == "completed"
     rounds = {entry["round"]: entry for entry in results["rounds"]}

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from consortia.common.demo.data import DemoDataSettings, write_site_npz
+from tests.support.builders import run_toml
+from tests.support.cli import consortia, output_of
+from tests.support.federation import SiteSpec, write_simulation_sites
 
 pytestmark = [
     pytest.mark.e2e,
@@ -25,42 +25,24 @@ pytestmark = [
 
 def test_simulated_federation(tmp_path: Path) -> None:
     sites = tmp_path / "sites"
-    sites.mkdir()
-    data = DemoDataSettings(image_size=32, train_cases=12, test_cases=6)
-    for index in range(5):
-        name = f"sim-{index}"
-        role = "holdout" if index == 4 else "train"
-        write_site_npz(sites / f"{name}.npz", index, data)
-        (sites / f"{name}.toml").write_text(
-            f'[site]\nname = "{name}"\nrole = "{role}"\n[data]\npath = "{name}.npz"\n'
-            # the node's state (privacy ledger, data cache) stays in the test's folder
-            f'[node]\nstate_dir = "state-{name}"\n',
-            encoding="utf-8",
-        )
-    run = tmp_path / "run.toml"
-    run.write_text(
-        '[run]\nname = "sim"\nrounds = 2\nmin_sites = 5\nsites_per_round = 2\n'
-        "[run.model]\nchannels = [8, 16]\nstrides = [2]\nnorm_groups = 4\nnum_res_units = 0\n",
-        encoding="utf-8",
-    )
-    runs = tmp_path / "runs"
-    result = subprocess.run(
+    # the node's state (privacy ledger, data cache) stays in the test's folder
+    write_simulation_sites(
+        sites,
         [
-            sys.executable,
-            "-m",
-            "consortia.common.cli",
-            "run",
-            str(run),
-            "--simulation",
-            str(sites),
-            "--runs-dir",
-            str(runs),
+            SiteSpec(
+                f"sim-{index}",
+                role="holdout" if index == 4 else "train",
+                train_cases=12,
+                test_cases=6,
+                privacy=None,
+            )
+            for index in range(5)
         ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
     )
+    run = tmp_path / "run.toml"
+    run.write_text(run_toml("sim", min_sites=5, sites_per_round=2), encoding="utf-8")
+    runs = tmp_path / "runs"
+    result = consortia("run", run, "--simulation", sites, "--runs-dir", runs, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [run_dir] = list(runs.iterdir())
     results = json.loads((run_dir / "results.json").read_text())
@@ -75,20 +57,6 @@ def test_simulated_federation(tmp_path: Path) -> None:
 def test_simulation_rejects_bad_sites_folder(tmp_path: Path) -> None:
     run = tmp_path / "run.toml"
     run.write_text("[run]\nrounds = 1\n", encoding="utf-8")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "consortia.common.cli",
-            "run",
-            str(run),
-            "--simulation",
-            str(tmp_path / "none"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = consortia("run", run, "--simulation", tmp_path / "none")
     assert result.returncode == 2
-    assert "not a folder of site configs" in result.stdout + result.stderr
+    assert "not a folder of site configs" in output_of(result)

@@ -7,7 +7,6 @@ adds client-level DP at the server (Flower's wrapper) on top of the sites' DP-SG
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,42 @@ from PIL import Image
 
 from consortia.client.data.dataset import SiteDataset
 from consortia.client.data.dicom.deidentify import deidentify_tree
-from consortia.common.demo.data import DemoDataSettings, write_site_npz
 from consortia.server.run.folder import EVENTS_FILE
-from tests.support.cli_federation import CLI, CliFederation
+from tests.support.builders import run_toml
+from tests.support.cli import consortia
+from tests.support.cli_federation import CliFederation
 from tests.support.dicom_factory import write_series
+from tests.support.federation import SiteSpec, add_sites
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SIZE = 32
 CASES = 12
+
+
+# Classification on every kind of data set, with DP-SGD at the sites and client-level DP
+# at the server on top.
+RUN = run_toml(
+    "site-data",
+    task="classification",
+    min_sites=4,
+    model={
+        "architecture": "resnet18",
+        "conv1_kernel": 3,
+        "conv1_stride": 2,
+        "norm_groups": 8,
+    },
+    training={"batch_size": 4},
+    privacy={"noise_multiplier": 1.0},
+    # client-level DP at the server on top: Flower's clipping wrapper and accountant
+    tables={
+        "central_privacy": {
+            "enabled": True,
+            "noise_multiplier": 0.5,
+            "clipping_norm": 5.0,
+        }
+    },
+)
 
 
 def _pixels(index: int) -> np.ndarray:
@@ -83,13 +109,7 @@ def _png_site(root: Path) -> Path:
 
 
 def _check(manifest: Path) -> tuple[int, dict]:
-    result = subprocess.run(
-        [*CLI, "data", "check", str(manifest), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = consortia("data", "check", manifest, "--json", timeout=300)
     return result.returncode, json.loads(result.stdout)
 
 
@@ -99,12 +119,6 @@ def test_manifest_data_sets_train_and_phi_is_refused(
     north = _dicom_site(tmp_path / "north", deidentified=True)
     south = _png_site(tmp_path / "south")
     west = _dicom_site(tmp_path / "west", deidentified=False)
-    (tmp_path / "east").mkdir()
-    write_site_npz(
-        tmp_path / "east" / "data.npz",
-        3,
-        DemoDataSettings(image_size=SIZE, train_cases=8, test_cases=8),
-    )
 
     assert _check(north)[0] == 0
     code, report = _check(west)
@@ -113,23 +127,16 @@ def test_manifest_data_sets_train_and_phi_is_refused(
     assert "MRN-" not in json.dumps(report)  # findings name attributes, never values
 
     federation.start_server()
-    federation.start_nodes(
+    add_sites(
+        federation,
         [
-            federation.site_config(north.parent, "north", "train", north.name),
-            federation.site_config(south.parent, "south", "train", south.name),
-            federation.site_config(west.parent, "west", "train", west.name),
-            federation.site_config(tmp_path / "east", "east", "holdout", "data.npz"),
-        ]
+            SiteSpec("north", data=north.name, privacy=None),
+            SiteSpec("south", data=south.name, privacy=None),
+            SiteSpec("west", data=west.name, privacy=None),
+            SiteSpec("east", role="holdout", index=3, train_cases=8, privacy=None),
+        ],
     )
-    results = federation.run(
-        "site-data",
-        '[run]\nname = "site-data"\ntask = "classification"\nrounds = 2\nmin_sites = 4\n'
-        '[run.model]\narchitecture = "resnet18"\nconv1_kernel = 3\nconv1_stride = 2\n'
-        "norm_groups = 8\n[run.training]\nbatch_size = 4\n[run.privacy]\n"
-        "noise_multiplier = 1.0\n"
-        # client-level DP at the server on top: Flower's clipping wrapper and accountant
-        "[run.central_privacy]\nenabled = true\nnoise_multiplier = 0.5\nclipping_norm = 5.0\n",
-    )
+    results = federation.run("site-data", RUN)
     assert results["status"] == "completed"
     assert {s["name"] for s in results["sites"]} == {"north", "south", "east"}
     events = [json.loads(line) for line in (results["dir"] / EVENTS_FILE).open()]

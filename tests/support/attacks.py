@@ -21,7 +21,6 @@ from typing import Any, Final
 from rich.console import Console
 
 from consortia.common.config.settings import RunSettings, load_run_settings, load_site_settings
-from consortia.common.demo.data import DemoDataSettings, write_site_npz
 from consortia.common.processes import ProcessGroup, free_port
 from consortia.server.control import SuperLinkConnection
 from consortia.server.launch.simulation import simulation_sites
@@ -29,7 +28,9 @@ from consortia.server.launch.submit import submit_run
 from consortia.server.launch.superlink import start_superlink
 from consortia.server.report.progress import watch_run
 from tests.support.attack_app.app_dir import Attack, write_attack_app_dir
+from tests.support.builders import NO_DP, run_toml
 from tests.support.cli_federation import CliFederation
+from tests.support.federation import SiteSpec, write_simulation_sites, write_site_configs
 
 __all__ = [
     "ATTACKER",
@@ -47,7 +48,6 @@ __all__ = [
 TRAIN_SITES: Final = tuple(f"site-{index}" for index in range(5))
 HOLDOUT: Final = "holdout"
 ATTACKER: Final = TRAIN_SITES[-1]
-_NON_PRIVATE: Final = "[privacy]\nallow_non_private = true\n"
 
 
 def run_config(
@@ -64,26 +64,25 @@ def run_config(
 
     `outlier_factor` 0 turns off the server's norm check (its default, 10, would reject
     an x100 update before any strategy sees it): the strategy alone faces the attack."""
-    return (
-        f'[run]\nname = "{name}"\nrounds = {rounds}\nmin_sites = {len(TRAIN_SITES) + 1}\n'
-        "connect_timeout_s = 120\nround_timeout_s = 300\n"
-        "[run.model]\nchannels = [8, 16]\nstrides = [2]\nnorm_groups = 4\nnum_res_units = 0\n"
-        f"[run.training]\nbatch_size = {batch_size}\nlocal_epochs = {local_epochs}\n"
-        f"learning_rate = {learning_rate}\n[run.privacy]\nenabled = false\n"
+    return run_toml(
+        name,
+        rounds=rounds,
+        min_sites=len(TRAIN_SITES) + 1,
+        connect_timeout_s=120,
+        round_timeout_s=300,
+        training={
+            "batch_size": batch_size,
+            "local_epochs": local_epochs,
+            "learning_rate": learning_rate,
+        },
+        privacy=NO_DP,
         # Secure aggregation would hide each update (robust strategies turn it off).
-        '[run.secure_aggregation]\nmode = "off"\n'
-        f'[run.strategy]\nname = "{strategy}"\n'
-        f"[run.validation]\noutlier_factor = {outlier_factor}\n"
+        secure_aggregation={"mode": "off"},
+        tables={
+            "strategy": {"name": strategy},
+            "validation": {"outlier_factor": outlier_factor},
+        },
     )
-
-
-def _site_data(path: Path, index: int, train_cases: int, holdout_cases: int) -> Path:
-    holdout = index == len(TRAIN_SITES)
-    data = DemoDataSettings(
-        image_size=32, train_cases=train_cases, test_cases=holdout_cases if holdout else 4
-    )
-    write_site_npz(path, index, data)
-    return path
 
 
 def write_sites(
@@ -97,25 +96,15 @@ def write_sites(
     over all its `train_cases + holdout_cases` cases). For `federation`'s nodes: one
     folder per site; when it is None, simulated sites: `NAME.toml` and `NAME.npz` in
     `folder` (`SimulatedFederation(root, folder)`)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    configs = []
-    for index, name in enumerate((*TRAIN_SITES, HOLDOUT)):
-        role = "holdout" if name == HOLDOUT else "train"
-        if federation is not None:
-            site_dir = folder / name
-            site_dir.mkdir()
-            _site_data(site_dir / "data.npz", index, train_cases, holdout_cases)
-            configs.append(federation.site_config(site_dir, name, role, "data.npz", _NON_PRIVATE))
-            continue
-        _site_data(folder / f"{name}.npz", index, train_cases, holdout_cases)
-        config = folder / f"{name}.toml"
-        config.write_text(
-            f'[site]\nname = "{name}"\nrole = "{role}"\n[data]\npath = "{name}.npz"\n'
-            f'{_NON_PRIVATE}[node]\nstate_dir = "state-{name}"\n',
-            encoding="utf-8",
-        )
-        configs.append(config)
-    return configs
+    sites = [
+        SiteSpec(name, role="train", train_cases=train_cases, test_cases=4) for name in TRAIN_SITES
+    ]
+    sites.append(
+        SiteSpec(HOLDOUT, role="holdout", train_cases=train_cases, test_cases=holdout_cases)
+    )
+    if federation is None:
+        return write_simulation_sites(folder, sites)
+    return write_site_configs(federation, sites, folder)
 
 
 def _settings(work: Path, config_text: str) -> RunSettings:

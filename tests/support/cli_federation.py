@@ -11,19 +11,20 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from consortia.common.config.settings import load_run_settings, load_site_settings
 from consortia.common.processes import free_port, free_ports, wait_for_address
+from consortia.server.control import SuperLinkConnection, flwr_json
 from consortia.server.launch.local_consortium import LocalConsortium, SiteKeys
+from tests.support.builders import TomlTable, TomlValue, site_toml
+from tests.support.cli import CLI
 from tests.support.processes import kill_tree
 
 __all__ = ["CLI", "CliFederation"]
-
-CLI = [sys.executable, "-m", "consortia.common.cli"]
 
 
 class CliFederation:
@@ -95,6 +96,23 @@ class CliFederation:
                     stderr=subprocess.STDOUT,
                 )
             )
+
+    def online_nodes(self) -> int:
+        """How many nodes the SuperLink sees online now (`flwr supernode list`)."""
+        ca = None if self.consortium is None else self.consortium.ca_certificate
+        connection = SuperLinkConnection.of(self.control, self.root / "flwr-watch", ca)
+        nodes = flwr_json(connection, "supernode", "list", what="the node list").get("nodes")
+        if not isinstance(nodes, list):
+            return 0
+        return sum(1 for node in nodes if node.get("status") == "online")
+
+    def wait_online(self, count: int, timeout_s: float = 180.0) -> None:
+        """Wait until `count` nodes are online, so that a run started now asks them all."""
+        deadline = time.monotonic() + timeout_s
+        while self.online_nodes() < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {count} nodes online after {timeout_s:.0f} s")
+            time.sleep(1.0)
 
     def stop_nodes(self) -> None:
         for node in self.nodes:
@@ -187,21 +205,37 @@ class CliFederation:
             kill_tree(self.server.pid)
             self.server.wait(timeout=30)
 
-    def site_config(self, folder: Path, name: str, role: str, data: str, extra: str = "") -> Path:
-        """Write `folder/site.toml` for a node of this federation."""
-        config = folder / "site.toml"
-        if self.consortium is None:
-            security = "insecure = true\n"
-        else:
+    def site_config(
+        self,
+        folder: Path,
+        name: str,
+        *,
+        role: str = "train",
+        data: str | Path = "data.npz",
+        node: TomlTable | None = None,
+        privacy: TomlTable | None = None,
+        tables: Mapping[str, TomlTable] | None = None,
+    ) -> Path:
+        """Write `folder/site.toml` for a node of this federation: its SuperLink, state in
+        `folder/state`, a runtime port, TLS and a new key pair (or plaintext), plus the
+        `node` keys and `privacy` and other `tables` given."""
+        security: dict[str, TomlValue] = {"insecure": True}
+        if self.consortium is not None:
             keys = self.consortium.site_keys(name, folder / "keys")
-            security = (
-                f'root_certificates = "{self.consortium.ca_certificate}"\n'
-                f'key = "{keys.private_key}"\n'
-            )
+            security = {
+                "root_certificates": self.consortium.ca_certificate,
+                "key": keys.private_key,
+            }
+        node_table = {
+            "superlink": self.superlink,
+            "state_dir": "state",
+            "runtime_port": free_port(),
+            **security,
+            **(node or {}),
+        }
+        config = folder / "site.toml"
         config.write_text(
-            f'[site]\nname = "{name}"\nrole = "{role}"\n[data]\npath = "{data}"\n'
-            f'[node]\nsuperlink = "{self.superlink}"\nstate_dir = "state"\n'
-            f"runtime_port = {free_port()}\n{security}{extra}",
+            site_toml(name, role=role, data=data, node=node_table, privacy=privacy, tables=tables),
             encoding="utf-8",
         )
         return config

@@ -3,7 +3,6 @@ app declared and the CLI wired through the entry points."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import tomllib
@@ -60,25 +59,3 @@ def test_torch_range_admits_the_ci_build() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     [torch] = [Requirement(r) for r in project["project"]["dependencies"] if r.startswith("torch")]
     assert torch.specifier.contains("2.13.0")
-
-
-def _imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-    return found
-
-
-def test_server_and_client_never_import_each_other() -> None:
-    forbidden = {
-        "server": ("consortia.client",),
-        "client": ("consortia.server",),
-        "common": ("consortia.client", "consortia.server"),
-    }
-    for side, prefixes in forbidden.items():
-        for path in (ROOT / side).rglob("*.py"):
-            bad = [m for m in _imports(path) if m.startswith(prefixes)]
-            assert not bad, f"{path} imports {bad}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +55,11 @@ def _results(ledgers: dict[str, PrivacyLedger]) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = [{"round": 0}]
     for round_ in (1, 2, 3):
         spent = {
-            site: asdict(entry)
+            site: entry.model_dump(exclude={"run_id", "round", "recorded_at", "config_hash"})
             for site, ledger in ledgers.items()
             for entry in ledger.run_entries(RUN)
             if entry.round == round_
         }
-        for record in spent.values():
-            for key in ("run_id", "round", "recorded_at"):
-                del record[key]
         rounds.append({"round": round_, "participants": sorted(spent), "privacy": spent})
     before = {"site-a": 0.0, "site-b": ledgers["site-b"].entries[1].epsilon}
     return {
@@ -249,7 +245,7 @@ def test_under_reported_epsilon_is_caught_by_recomputation(
     lying = PrivacyLedger(FP_A, "site-a")
     for entry in honest.entries:
         low = entry.epsilon * 0.5
-        lying.append(LedgerEntry(**{**asdict(entry), "epsilon": low, "run_epsilon": low}))
+        lying.append(entry.model_copy(update={"epsilon": low, "run_epsilon": low}))
     lying.save(_ledgers(tmp_path)[0])
     results = _read(tmp_path / "run")
     for round_, entry in zip((1, 2, 3), lying.entries, strict=True):
@@ -355,7 +351,7 @@ def test_cli_exit_codes_and_json(case: Path, recomputer: Recomputer) -> None:
     _write(case / "run", results)
     bad = _cli(str(case / "run"))
     assert bad.exit_code == 2
-    assert "results.json" in bad.output and "rounds[1].privacy['site-a'].steps" in bad.output
+    assert "results.json" in bad.output and "rounds[1].privacy.site-a.steps" in bad.output
     assert _cli(str(case / "missing")).exit_code == 2
 
 
@@ -365,7 +361,7 @@ def test_results_without_privacy_section_is_unusable(case: Path, recomputer: Rec
     results = _read(case / "run")
     del results["privacy"]
     _write(case / "run", results)
-    with pytest.raises(ConsortiaError, match=r"results\.json: top level\.privacy: missing"):
+    with pytest.raises(ConsortiaError, match=r"results\.json: privacy: missing"):
         _audit(case, recomputer)
 
 

@@ -12,17 +12,21 @@ import torch
 
 from consortia.client.data.site_data import SiteArrays
 from consortia.client.privacy.budget import (
+    PrivacyBudget,
     PrivacyRefusedError,
     RoundRequest,
     plan_round,
     record_round,
 )
 from consortia.client.privacy.dp_training import train_local_dp
+from consortia.common.audit.check import read_audit_log
+from consortia.common.audit.log import AUDIT_LOG_FILE, PRIVACY_SPENT
 from consortia.common.config.privacy_settings import PrivacyPolicy, SamplePrivacySettings
-from consortia.common.config.settings import Task
+from consortia.common.config.settings import SiteSettings, Task, load_site_settings
 from consortia.common.networks.models import ModelSettings, build_model
 from consortia.common.privacy.accounting import epsilon_of, make_accountant, poisson_plan
 from consortia.common.privacy.ledger import PrivacyLedger, ledger_lock, ledger_path
+from consortia.common.wire import records as rk
 
 FINGERPRINT = "ab" * 32
 
@@ -172,3 +176,67 @@ def test_a_retried_round_cannot_exceed_the_run_target(tmp_path: Path) -> None:
     _train_round(ledger, path, policy, request)
     with pytest.raises(PrivacyRefusedError, match="run's target"):
         plan_round(policy, PrivacyLedger.open(path, FINGERPRINT, "site"), request, 32)
+
+
+def _site(tmp_path: Path, max_epsilon: float = 100.0) -> SiteSettings:
+    """A real site config (its state folder holds the audit log and the releases)."""
+    np.savez(tmp_path / "data.npz", x=np.zeros(1))
+    config = tmp_path / "site.toml"
+    config.write_text(
+        '[site]\nname = "north"\n[data]\npath = "data.npz"\n[node]\ninsecure = true\n'
+        f'state_dir = "state"\n[privacy]\nmax_epsilon = {max_epsilon}\n',
+        encoding="utf-8",
+    )
+    return load_site_settings(config)
+
+
+def test_the_budget_plans_commits_and_resends_a_round(tmp_path: Path) -> None:
+    """Plan, DP training, commit: the ledger entry, the kept release and the node's
+    `privacy_spent` record agree with the privacy record that goes with the update;
+    the same round asked again is the kept release (no second entry); a round that
+    the run does not have is refused before anything is spent."""
+    site = _site(tmp_path)
+    request = _request("run-1", 1, noise_multiplier=1.0)
+    data, model = _data(), _model()
+    global_sha = "c" * 64
+    with PrivacyBudget.locked(site, FINGERPRINT, request) as budget:
+        assert budget.kept(global_sha) is None
+        dp_round = budget.plan(len(data))
+        assert dp_round is not None and dp_round.noise_multiplier == 1.0
+        result, spend = train_local_dp(
+            model,
+            data,
+            Task.SEGMENTATION,
+            epochs=1,
+            batch_size=8,
+            learning_rate=1e-3,
+            device=torch.device("cpu"),
+            dp=dp_round,
+        )
+        weights = np.arange(5, dtype=np.float32)
+        record = budget.commit(spend, result.num_examples, weights, global_sha, flower_run=7)
+        head = budget.head
+    (entry,) = PrivacyLedger.load(ledger_path(site.ledger_dir, FINGERPRINT)).entries
+    assert head.entries == 1
+    assert (entry.run_id, entry.round, entry.num_examples) == ("run-1", 1, len(data))
+    assert entry.config_hash == request.config_hash
+    assert record[rk.P_EPSILON] == entry.epsilon == spend.epsilon
+    assert record[rk.P_RUN_EPSILON] == entry.run_epsilon
+    assert record[rk.P_STEPS] == spend.steps and record[rk.P_NOISE_MULTIPLIER] == 1.0
+    (spent,) = [
+        r for r in read_audit_log(site.state_path / AUDIT_LOG_FILE) if r["event"] == PRIVACY_SPENT
+    ]
+    assert (spent["flower_run"], spent["round"], spent["epsilon"]) == (7, 1, entry.epsilon)
+    assert spent["dataset_fingerprint"] == FINGERPRINT
+    with PrivacyBudget.locked(site, FINGERPRINT, request) as again:
+        kept = again.kept(global_sha)
+        assert kept is not None and kept.privacy == dict(record)
+        assert np.array_equal(kept.weights, weights)
+        assert kept.metrics == {rk.M_NUM_EXAMPLES: float(len(data))}  # no training loss
+    beyond = _request("run-1", 4, noise_multiplier=1.0)  # the run has 3 rounds
+    with (
+        PrivacyBudget.locked(site, FINGERPRINT, beyond) as refusing,
+        pytest.raises(PrivacyRefusedError, match="outside the approved run's rounds"),
+    ):
+        refusing.plan(len(data))
+    assert len(PrivacyLedger.load(ledger_path(site.ledger_dir, FINGERPRINT)).entries) == 1

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
@@ -155,7 +154,7 @@ def test_unreadable_ledgers_name_the_file(tmp_path: Path, text: str, problem: st
 
 
 def test_entries_with_bad_values_are_refused() -> None:
-    good = asdict(_ledger(1).entries[0])
+    good = _ledger(1).entries[0].model_dump()
     for change in (
         {"steps": -40},
         {"steps": 4.5},

@@ -20,7 +20,7 @@ from consortia.client.privacy.budget import (
     record_round,
 )
 from consortia.client.privacy.cli import site_plan
-from consortia.client.privacy.dp_training import DPSpend, train_local_dp
+from consortia.client.privacy.dp_training import train_local_dp
 from consortia.common.audit.approvals import ApprovalStore
 from consortia.common.cli import build_app
 from consortia.common.config.privacy_settings import PrivacyPolicy
@@ -47,6 +47,7 @@ from consortia.common.privacy.planner import (
     learning_outlook,
     plan_study,
 )
+from consortia.common.privacy.spend import PrivacySpend
 from consortia.common.wire.run_identity import config_hash
 
 RUN_TOML = """\
@@ -170,7 +171,16 @@ def test_plan_equals_the_dp_training_that_follows(tmp_path: Path, previous_round
     ledger = PrivacyLedger.open(path, dataset.fingerprint, site.site.name)
     for number in range(1, previous_rounds + 1):  # an earlier study's spend on this data set
         earlier = RoundRequest("run-0", "0" * 64, number, 3, 1, 10, run.privacy)
-        spend = DPSpend(1.5, 0.25, 4, 1e-5, 0.0, "rdp", 1.0)
+        spend = PrivacySpend(
+            noise_multiplier=1.5,
+            sample_rate=0.25,
+            steps=4,
+            delta=1e-5,
+            epsilon=0.0,
+            run_epsilon=0.0,
+            accountant="rdp",
+            max_grad_norm=1.0,
+        )
         record_round(ledger, path, earlier, spend, len(data))
 
     plan = site_plan(run, site, run_source=str(run_path), site_source=str(site_path))
@@ -229,13 +239,31 @@ def test_rounds_within_the_lifetime_limit_are_those_the_node_trains(tmp_path: Pa
         ledger,
         path,
         RoundRequest("run-0", "0" * 64, 1, 1, 1, 8, run.privacy),
-        DPSpend(1.0, 0.25, 12, 1e-5, 0.0, "rdp", 1.0),
+        PrivacySpend(
+            noise_multiplier=1.0,
+            sample_rate=0.25,
+            steps=12,
+            delta=1e-5,
+            epsilon=0.0,
+            run_epsilon=0.0,
+            accountant="rdp",
+            max_grad_norm=1.0,
+        ),
         32,
     )
     for number in range(1, 4):
         dp_round = plan_round(policy, ledger, _request(run, number), 32)
         assert dp_round is not None
-        spend = DPSpend(1.0, plan.sample_rate, plan.steps_per_round, 1e-5, 0.0, "rdp", 1.0)
+        spend = PrivacySpend(
+            noise_multiplier=1.0,
+            sample_rate=plan.sample_rate,
+            steps=plan.steps_per_round,
+            delta=1e-5,
+            epsilon=0.0,
+            run_epsilon=0.0,
+            accountant="rdp",
+            max_grad_norm=1.0,
+        )
         record_round(ledger, path, _request(run, number), spend, 32)
     with pytest.raises(PrivacyRefusedError, match="over the site's limit"):
         plan_round(policy, ledger, _request(run, 4), 32)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -98,7 +98,7 @@ def test_f9_a_rewritten_ledger_with_a_lower_epsilon_is_refused(
     original = PrivacyLedger.load(path)
     forged = PrivacyLedger(original.dataset_fingerprint, original.site)
     for entry in original.entries:  # same count, a fresh valid chain, a tenth of the epsilon
-        forged.append(replace(entry, epsilon=entry.epsilon / 10))
+        forged.append(entry.model_copy(update={"epsilon": entry.epsilon / 10}))
     forged.save(path)
     log = _refused(north, 3, caplog)
     assert str(path) in log and "lower" in log

@@ -142,7 +142,7 @@ class Study:
         handler = secagg_keys if msg.metadata.message_type.endswith("keys") else secagg_unmask
         try:
             return handler(msg, context)
-        except SecAggError as err:  # what client_app._guarded answers
+        except SecAggError as err:  # what the refusal mod answers
             self.refusals[context.node_id] = str(err)
             return Message(Error(code=rk.ERROR_SECAGG, reason=str(err)), reply_to=msg)
 
@@ -510,11 +510,23 @@ def _secure_federation(study: Study, tmp_path: Path, declared: Mapping[str, int]
     from consortia.server.exchange.sites import Site
     from consortia.server.run.federation import Federation
     from consortia.server.run.folder import RunFolder
+    from consortia.server.run.round_aggregation import RoundAggregation
+    from consortia.server.secure_aggregation.secure_round import SecureAggregation
 
     folder = RunFolder(tmp_path / "runs" / "study", {"run_name": "study"})
     federation = Federation(cast(Grid, None), study.settings, folder)
-    federation.secure = study.aggregator()
-    federation.secure_on = True
+    secure = SecureAggregation(
+        federation.strategy, study.aggregator(), federation.roster.example_cap_refusal
+    )
+    federation.aggregation = secure
+    federation.closing = RoundAggregation(
+        folder,
+        federation.layout,
+        federation.roster,
+        federation.channel,
+        federation.collector,
+        secure,
+    )
     for name, count in declared.items():
         node = study.node_of[name]
         federation.roster.register(Site(node, name, Role.TRAIN, count, 0, f"{node:064x}"))
@@ -543,17 +555,19 @@ def test_f5_a_declared_example_count_beyond_the_roster_cap_is_left_out(tmp_path:
     declared = {"a": 40, "b": 60, "c": 80, "d": 10**12}
     federation = _secure_federation(study, tmp_path, declared)
     trainers = federation.roster.select_training_sites(1)
-    records = federation._secure_setup(1, trainers)
+    records = federation.closing.open(1, trainers).records
     assert sorted(records) == [1, 2, 3], "the site over its roster cap took part"
-    assert federation.secure.weight_norm == 80.0
+    assert federation.aggregation.aggregator.weight_norm == 80.0
     events = read_audit_log(federation.folder.audit.path)
     [left] = [e for e in events if e["event"] == SITE_LEFT_OUT and e.get("site") == "d"]
     assert left["round"] == 1 and "max_examples" in left["reason"] and "100" in left["reason"]
     # the honest sites' weighted updates still aggregate to FedAvg's mean
     vectors = _vectors([1, 2, 3])
     for node, count in zip((1, 2, 3), (40, 60, 80), strict=True):
-        vectors[node][-1] = count / federation.secure.weight_norm
-    total = study.secure_round(federation.secure, 2, [1, 2, 3], vectors, weight_norm=80.0)
+        vectors[node][-1] = count / federation.aggregation.aggregator.weight_norm
+    total = study.secure_round(
+        federation.aggregation.aggregator, 2, [1, 2, 3], vectors, weight_norm=80.0
+    )
     assert _close(total, _sum(vectors, (1, 2, 3)))
 
 
@@ -573,8 +587,8 @@ def test_f5_without_a_roster_cap_a_site_may_not_grow_its_count_on_rejoining(
     federation.roster.admit([SiteAnswer(44, grown, privacy)], round_number=2)
     assert 44 not in federation.roster.sites and 4 in federation.roster.sites
     assert "more training examples" in federation.roster.refusals[44]
-    records = federation._secure_setup(2, federation.roster.select_training_sites(2))
-    assert sorted(records) == [1, 2, 3, 4] and federation.secure.weight_norm == 80.0
+    records = federation.closing.open(2, federation.roster.select_training_sites(2)).records
+    assert sorted(records) == [1, 2, 3, 4] and federation.aggregation.aggregator.weight_norm == 80.0
 
 
 def test_f5_a_site_clips_its_own_update_to_the_range_before_masking(tmp_path: Path) -> None:

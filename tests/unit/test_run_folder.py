@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from consortia.common.audit.log import verify_audit_log
+from consortia.common.errors import ConsortiaError
 from consortia.common.files import sha256_file
-from consortia.server.run.folder import EVENTS_FILE, RESULTS_FILE, RunFolder
+from consortia.server.run.folder import EVENTS_FILE, RESULTS_FILE, RunFolder, read_record
 
 
 def test_results_events_and_checkpoints(tmp_path: Path) -> None:
@@ -40,3 +41,22 @@ def test_an_existing_run_is_never_overwritten(tmp_path: Path) -> None:
     RunFolder(tmp_path / "run", {"run_name": "run"})
     with pytest.raises(FileExistsError, match="already holds a run"):
         RunFolder(tmp_path / "run", {"run_name": "run"})
+
+
+def test_a_reopened_run_records_its_resumption(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "run", {"run_name": "run", "task": "segmentation"})
+    folder.update_round(0, checkpoint="checkpoints/round-000.pt")
+    folder.update_round(1, checkpoint="checkpoints/round-001.pt")
+    folder.add_ledger_heads({"north": {"sha256": "ab" * 32, "entries": 2}})
+    folder.finish("stopped")
+    RunFolder(tmp_path / "done", {"run_name": "done"}).finish("completed")
+    with pytest.raises(ConsortiaError, match="the run completed"):
+        RunFolder.reopen(tmp_path / "done")
+    reopened = RunFolder.reopen(tmp_path / "run")
+    assert reopened.drop_rounds_after(0) == [1]
+    reopened.resume(8, after_round=0)
+    record = read_record(tmp_path / "run")
+    assert record.status == "running" and record.finished_at is None
+    assert [entry.round for entry in record.rounds] == [0]
+    assert [(r.flower_run_id, r.after_round) for r in record.resumed] == [(8, 0)]
+    assert record.ledger_heads["north"].entries == 2

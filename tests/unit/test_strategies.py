@@ -17,6 +17,7 @@ from consortia.common.config.settings import RunSettings, load_run_settings
 from consortia.common.config.strategy_settings import StrategySettings
 from consortia.common.errors import ConfigError
 from consortia.server.aggregation import robust as robust_aggregation
+from consortia.server.aggregation.factory import build_strategy
 from consortia.server.aggregation.fedavg import weighted_average
 from consortia.server.aggregation.robust import (
     TooFewUpdatesError,
@@ -36,7 +37,6 @@ from consortia.server.aggregation.strategy import (
     DETAIL_TRIMMED_PER_END,
     AggregationStrategy,
     SiteUpdate,
-    build_strategy,
 )
 from consortia.server.run.state import load_strategy_state, save_strategy_state
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from consortia.common.errors import ConfigError, ConsortiaError
@@ -21,6 +22,7 @@ from consortia.server.report.tensorboard_log import (
     export_run,
     round_scalars,
 )
+from consortia.server.run.record import RoundEntry, RunRecord
 
 SEG_METRICS = ("dice", "iou", "hd95", "asd", "cases", "dice_c1", "hd95_undefined")
 
@@ -115,6 +117,14 @@ def _cls_round() -> dict[str, Any]:
     }
 
 
+def _entry(data: dict[str, Any]) -> RoundEntry:
+    return RoundEntry.model_validate(data)
+
+
+def _record(data: dict[str, Any]) -> RunRecord:
+    return RunRecord.from_json(data, "results.json")
+
+
 def _results() -> dict[str, Any]:
     return {
         "schema": "consortia.results/1",
@@ -137,7 +147,7 @@ def _curve(events: EventAccumulator, tag: str) -> list[tuple[int, float]]:
 
 
 def test_round_scalars_of_a_segmentation_round() -> None:
-    entry = _seg_round(2, 0.6)
+    entry = _entry(_seg_round(2, 0.6))
     before = copy.deepcopy(entry)
     scalars = round_scalars(entry)
     assert entry == before  # pure: the entry is not changed
@@ -167,14 +177,14 @@ def test_round_scalars_of_a_segmentation_round() -> None:
 
 
 def test_round_scalars_of_round_zero_has_evaluation_only() -> None:
-    scalars = round_scalars(_round0())
+    scalars = round_scalars(_entry(_round0()))
     assert {tag.split("/")[0] for tag in scalars} == {"eval"}
     assert scalars["eval/training_sites/cases"] == 7.0
     assert len(scalars) == 4 * 6  # 6 numbers each: holdout, training sites, 2 sites
 
 
 def test_round_scalars_of_a_classification_round() -> None:
-    scalars = round_scalars(_cls_round())
+    scalars = round_scalars(_entry(_cls_round()))
     assert scalars["eval/holdout/accuracy"] == 0.8
     assert "eval/holdout/auc" not in scalars  # NaN
     assert scalars["eval/site/a/auc"] == 0.9 and "eval/site/h/auc" not in scalars
@@ -187,18 +197,20 @@ def test_round_scalars_of_a_classification_round() -> None:
 def test_round_scalars_skips_bools_and_unsafe_names() -> None:
     entry = {
         "round": 1,
-        "duration_s": True,
-        "upload_bytes": "12",
         "evaluation": {"sites": {"a/b": {"dice": 0.5}, "ok": {"dice": 0.5, "x y": 1}}},
     }
-    assert round_scalars(entry) == {"eval/site/ok/dice": 0.5}
+    assert round_scalars(_entry(entry)) == {"eval/site/ok/dice": 0.5}
+    # A bool or a string where a number belongs never reaches a tag: the record refuses it.
+    for field, value in (("duration_s", True), ("upload_bytes", "12")):
+        with pytest.raises(ValidationError, match=field):
+            _entry({**entry, field: value})
 
 
 def test_log_round_is_readable_live(tmp_path: Path) -> None:
     folder = tmp_path / "tensorboard"
     with TensorBoardLog(folder) as log:
         for entry in _results()["rounds"]:
-            log.log_round(entry)
+            log.log_round(entry)  # as JSON, the way the round loop holds it
         events = _read(folder)  # before close: every round was flushed
         assert _curve(events, "round/participants") == [(1, 2.0), (2, 2.0)]
         dice = _curve(events, "eval/holdout/dice")
@@ -218,7 +230,7 @@ def test_export_run_writes_every_round_and_the_settings(tmp_path: Path) -> None:
     results = _results()
     results["rounds"].append(_cls_round())
     folder = tmp_path / "export"
-    assert export_run(results, folder) == 4
+    assert export_run(_record(results), folder) == 4
     events = _read(folder)
     assert [step for step, _ in _curve(events, "eval/training_sites/dice")] == [0, 1, 2]
     assert _curve(events, "eval/holdout/accuracy") == [(3, pytest.approx(0.8))]
@@ -229,22 +241,29 @@ def test_export_run_writes_every_round_and_the_settings(tmp_path: Path) -> None:
     body = text.removeprefix("```json\n").removesuffix("\n```")
     assert json.loads(body) == results["settings"]
     with pytest.raises(ConsortiaError, match="already holds"):
-        export_run(results, folder)  # curves would be drawn twice
+        export_run(_record(results), folder)  # curves would be drawn twice
     assert len(list(folder.glob(EVENT_FILE_PATTERN))) == 1
 
 
 def test_export_run_counts_a_running_run(tmp_path: Path) -> None:
-    assert export_run({"rounds": []}, tmp_path / "empty") == 0
-    assert export_run({"rounds": [_round0()]}, tmp_path / "one") == 1
+    running = {"schema": "consortia.results/1", "status": "running"}
+    assert export_run(_record({**running, "rounds": []}), tmp_path / "empty") == 0
+    assert export_run(_record({**running, "rounds": [_round0()]}), tmp_path / "one") == 1
 
 
 @pytest.mark.parametrize(
     "results",
-    [{}, {"rounds": {}}, {"rounds": [{"evaluation": {}}]}, {"rounds": [{"round": True}]}],
+    [
+        {},
+        {"rounds": {}},
+        {"schema": "consortia.results/1", "rounds": {}},
+        {"schema": "consortia.results/1", "rounds": [{"evaluation": {}}]},
+        {"schema": "consortia.results/1", "rounds": [{"round": True}]},
+    ],
 )
 def test_export_run_rejects_malformed_results(tmp_path: Path, results: Any) -> None:
     with pytest.raises(ConsortiaError):
-        export_run(results, tmp_path / "out")
+        export_run(_record(results), tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written
 
 

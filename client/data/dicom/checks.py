@@ -188,6 +188,91 @@ class FrameHeader:
     order_key: int | None
 
 
+def _group_number(
+    ds: Dataset, groups: Sequence[Dataset | None], sequence: str, keyword: str, path: Path
+) -> float | None:
+    """``keyword`` as a number, from the frame's functional groups, else the top level."""
+    return header_number(
+        first_present(_group_value(groups, sequence, keyword), ds.get(keyword)), keyword, path
+    )
+
+
+def _frame_position(
+    ds: Dataset,
+    path: Path,
+    groups: Sequence[Dataset | None],
+    frame: tuple[int, int],
+    orientation: np.ndarray | None,
+    steps: tuple[np.ndarray | None, float | None],
+) -> np.ndarray | None:
+    """ImagePositionPatient of frame ``k`` of ``count`` (``frame``): its own, else the
+    top-level one, moved along the normal by the frame's offset in a legacy multi-frame
+    file (``steps``: GridFrameOffsetVector, SpacingBetweenSlices)."""
+    k, count = frame
+    offsets, between = steps
+    position = _floats(
+        _group_value(groups, "PlanePositionSequence", "ImagePositionPatient"),
+        3,
+        "ImagePositionPatient",
+        path,
+    )
+    top = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
+    if position is None and top is not None:
+        if count == 1:
+            position = top
+        elif orientation is not None and (offsets is not None or between is not None):
+            normal = np.cross(orientation[:3], orientation[3:])
+            length = float(np.linalg.norm(normal))
+            step = offsets[k] if offsets is not None else k * (between or 0.0)
+            if length > 1e-6:  # else the orientation is reported as invalid later
+                position = top + step * normal / length
+    return position
+
+
+def _frame_header(
+    ds: Dataset,
+    path: Path,
+    groups: Sequence[Dataset | None],
+    frame: tuple[int, int],
+    steps: tuple[np.ndarray | None, float | None],
+) -> FrameHeader:
+    """The header of frame ``k`` of ``count`` (``frame``), whose functional groups are
+    ``groups`` (per-frame first, then shared)."""
+    k, count = frame
+    orientation = _floats(
+        first_present(
+            _group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient"),
+            ds.get("ImageOrientationPatient"),
+        ),
+        6,
+        "ImageOrientationPatient",
+        path,
+    )
+    spacing = _floats(
+        first_present(
+            _group_value(groups, "PixelMeasuresSequence", "PixelSpacing"),
+            ds.get("PixelSpacing"),
+            ds.get("ImagerPixelSpacing"),
+        ),
+        2,
+        "PixelSpacing",
+        path,
+    )
+    position = _frame_position(ds, path, groups, frame, orientation, steps)
+    transformation = "PixelValueTransformationSequence"
+    slope = _group_number(ds, groups, transformation, "RescaleSlope", path)
+    intercept = _group_number(ds, groups, transformation, "RescaleIntercept", path)
+    number = header_number(ds.get("InstanceNumber"), "InstanceNumber", path) if count == 1 else k
+    return FrameHeader(
+        position=position,
+        orientation=orientation,
+        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing is not None else None,
+        slope=1.0 if slope is None else slope,
+        intercept=0.0 if intercept is None else intercept,
+        order_key=None if number is None else int(number),
+    )
+
+
 def frame_headers(ds: Dataset, path: Path) -> list[FrameHeader]:
     """The frames of one file with their geometry, from the per-frame or shared functional
     groups where present, else the top-level attributes (GridFrameOffsetVector or
@@ -203,81 +288,10 @@ def frame_headers(ds: Dataset, path: Path) -> list[FrameHeader]:
             str(path), f"{len(per_frame)} per-frame functional groups for {count} frames"
         )
     offsets = _floats(ds.get("GridFrameOffsetVector"), count, "GridFrameOffsetVector", path)
-    between = header_number(
-        first_present(
-            _group_value([shared], "PixelMeasuresSequence", "SpacingBetweenSlices"),
-            ds.get("SpacingBetweenSlices"),
-        ),
-        "SpacingBetweenSlices",
-        path,
-    )
-    frames: list[FrameHeader] = []
-    for k in range(count):
-        groups = [per_frame[k] if per_frame else None, shared]
-        orientation = _floats(
-            first_present(
-                _group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient"),
-                ds.get("ImageOrientationPatient"),
-            ),
-            6,
-            "ImageOrientationPatient",
-            path,
+    between = _group_number(ds, [shared], "PixelMeasuresSequence", "SpacingBetweenSlices", path)
+    return [
+        _frame_header(
+            ds, path, [per_frame[k] if per_frame else None, shared], (k, count), (offsets, between)
         )
-        spacing = _floats(
-            first_present(
-                _group_value(groups, "PixelMeasuresSequence", "PixelSpacing"),
-                ds.get("PixelSpacing"),
-                ds.get("ImagerPixelSpacing"),
-            ),
-            2,
-            "PixelSpacing",
-            path,
-        )
-        position = _floats(
-            _group_value(groups, "PlanePositionSequence", "ImagePositionPatient"),
-            3,
-            "ImagePositionPatient",
-            path,
-        )
-        top = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
-        if position is None and top is not None:
-            if count == 1:
-                position = top
-            elif orientation is not None and (offsets is not None or between is not None):
-                normal = np.cross(orientation[:3], orientation[3:])
-                length = float(np.linalg.norm(normal))
-                step = offsets[k] if offsets is not None else k * (between or 0.0)
-                if length > 1e-6:  # else the orientation is reported as invalid later
-                    position = top + step * normal / length
-        slope = header_number(
-            first_present(
-                _group_value(groups, "PixelValueTransformationSequence", "RescaleSlope"),
-                ds.get("RescaleSlope"),
-            ),
-            "RescaleSlope",
-            path,
-        )
-        intercept = header_number(
-            first_present(
-                _group_value(groups, "PixelValueTransformationSequence", "RescaleIntercept"),
-                ds.get("RescaleIntercept"),
-            ),
-            "RescaleIntercept",
-            path,
-        )
-        number = (
-            header_number(ds.get("InstanceNumber"), "InstanceNumber", path) if count == 1 else k
-        )
-        frames.append(
-            FrameHeader(
-                position=position,
-                orientation=orientation,
-                pixel_spacing=(float(spacing[0]), float(spacing[1]))
-                if spacing is not None
-                else None,
-                slope=1.0 if slope is None else slope,
-                intercept=0.0 if intercept is None else intercept,
-                order_key=None if number is None else int(number),
-            )
-        )
-    return frames
+        for k in range(count)
+    ]

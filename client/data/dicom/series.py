@@ -237,19 +237,11 @@ def _same_shape(datasets: Sequence[Dataset], paths: Sequence[Path]) -> None:
             raise CaseProblem(str(path), "colour and grey images are mixed within the series")
 
 
-def read_dicom_series(
-    files: Sequence[Path], *, modalities: Collection[str] | None = None
-) -> DicomSeries:
-    """Read the files of one series (single-frame files, or one multi-frame file) into a
-    volume: 2D ``(C, H, W)`` for a single frame, else 3D ``(C, D, H, W)`` in slice order.
-
-    ``modalities``, when given, lists the Modality values accepted (e.g. ``{"CT"}``).
-    Raises CaseProblem naming the file for any problem (see the module docstring).
-    """
-    paths = [Path(f) for f in files]
-    if not paths:
-        raise CaseProblem("(no files)", "no DICOM files given")
-    datasets = [_read(path, headers_only=False) for path in paths]
+def _series_uid(
+    datasets: Sequence[Dataset], paths: Sequence[Path], modalities: Collection[str] | None
+) -> str:
+    """The one SeriesInstanceUID of the files, once they are checked to hold one series of
+    an accepted modality with images of one size and kind."""
     series_uids = {str(ds.get("SeriesInstanceUID") or "") for ds in datasets}
     if len(series_uids) != 1 or "" in series_uids:
         raise CaseProblem(
@@ -258,7 +250,14 @@ def read_dicom_series(
     for ds, path in zip(datasets, paths, strict=True):
         _check_modality(ds, path, modalities)
     _same_shape(datasets, paths)
+    return next(iter(series_uids))
 
+
+def _series_frames(
+    datasets: Sequence[Dataset], paths: Sequence[Path]
+) -> tuple[list[list[FrameHeader]], list[str], tuple[float, float]]:
+    """The frame headers per file, a name per frame for messages, and the series' pixel
+    spacing (the same for every frame)."""
     frames_per_file = [frame_headers(ds, path) for ds, path in zip(datasets, paths, strict=True)]
     if len(paths) > 1 and any(len(frames) > 1 for frames in frames_per_file):
         raise CaseProblem(
@@ -278,6 +277,35 @@ def read_dicom_series(
     for name, other in zip(names, pixel_spacings, strict=True):
         if not np.allclose(other, pixel_spacing, rtol=_PIXEL_SPACING_TOLERANCE):
             raise CaseProblem(name, "pixel spacing differs from the first slice of the series")
+    return frames_per_file, names, pixel_spacing
+
+
+def _ordered_files(
+    datasets: Sequence[Dataset], paths: Sequence[Path], order: Sequence[int], frames: int
+) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+    """The files and the SOPInstanceUID of each frame, in slice order."""
+    sop_uids = [str(ds.get("SOPInstanceUID") or "") for ds in datasets]
+    if len(paths) > 1:
+        return tuple(paths[i] for i in order), tuple(sop_uids[i] for i in order)
+    return (paths[0],), tuple(sop_uids[0] for _ in range(frames))
+
+
+def read_dicom_series(
+    files: Sequence[Path], *, modalities: Collection[str] | None = None
+) -> DicomSeries:
+    """Read the files of one series (single-frame files, or one multi-frame file) into a
+    volume: 2D ``(C, H, W)`` for a single frame, else 3D ``(C, D, H, W)`` in slice order.
+
+    ``modalities``, when given, lists the Modality values accepted (e.g. ``{"CT"}``).
+    Raises CaseProblem naming the file for any problem (see the module docstring).
+    """
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise CaseProblem("(no files)", "no DICOM files given")
+    datasets = [_read(path, headers_only=False) for path in paths]
+    series_uid = _series_uid(datasets, paths, modalities)
+    frames_per_file, names, pixel_spacing = _series_frames(datasets, paths)
+    frames = [frame for per_file in frames_per_file for frame in per_file]
     stack = stack_geometry(
         [f.position for f in frames],
         [f.orientation for f in frames],
@@ -305,19 +333,12 @@ def read_dicom_series(
         modality=str(first.get("Modality") or "") or None,
         manufacturer=str(first.get("Manufacturer") or "") or None,
     )
-    sop_uids = [str(ds.get("SOPInstanceUID") or "") for ds in datasets]
-    if len(paths) > 1:
-        ordered_files = tuple(paths[i] for i in stack.order)
-        ordered_uids = tuple(sop_uids[i] for i in stack.order)
-    else:
-        ordered_files = (paths[0],)
-        ordered_uids = tuple(sop_uids[0] for _ in frames)
-    patient_id = str(first.get("PatientID") or "") or None
+    ordered_files, ordered_uids = _ordered_files(datasets, paths, stack.order, len(frames))
     _log.debug("read a series of %d frame(s) from %d file(s)", len(frames), len(paths))
     return DicomSeries(
         volume=volume,
         files=ordered_files,
         sop_instance_uids=ordered_uids,
-        series_uid=next(iter(series_uids)),
-        patient_id=patient_id,
+        series_uid=series_uid,
+        patient_id=str(first.get("PatientID") or "") or None,
     )

@@ -1,7 +1,8 @@
 """Consortia's ClientApp with an attacker inside: shipped in a test run's Flower App (FAB).
 
 `app` is built from the real handlers of `consortia.client.client_app` and its real mods,
-outermost first: `approval_mod`, `signing_mod`, then `attack_mod`. For the training
+outermost first: `approval_mod`, `signing_mod`, `attack_mod`, then `refusal_mod` (which
+answers a handler's refusal with its error code, as in Consortia's app). For the training
 replies of one site (run config `attack-site`) the attack mod replaces the returned
 weights ``w`` (the global weights ``g`` plus the site's update) before the signing mod
 signs them, so the server sees an authenticated but malicious site:
@@ -27,6 +28,7 @@ from flwr.clientapp import ClientApp
 
 from consortia.client import client_app as consortia_client
 from consortia.client.mods.approval import approval_mod
+from consortia.client.mods.refusal import refusal_mod
 from consortia.client.mods.signing import signing_mod
 from consortia.client.site_context import site_settings
 from consortia.common.wire import records as rk
@@ -101,7 +103,7 @@ def attack_mod(msg: Message, context: Context, call_next: Handler) -> Message:
 
 
 # Outermost first, as in Consortia's app; the attack runs inside the signature.
-app = ClientApp(mods=[approval_mod, signing_mod, attack_mod])
+app = ClientApp(mods=[approval_mod, signing_mod, attack_mod, refusal_mod])
 app.query()(consortia_client.query)
 app.train()(consortia_client.train)
 app.train(rk.ACTION_SECAGG_KEYS)(consortia_client.secagg_keys_stage)
