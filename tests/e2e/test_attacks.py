@@ -28,6 +28,7 @@ from flwr.clientapp.utils import get_load_client_app_fn
 
 from consortia.client.client_app import app as consortia_app
 from consortia.client.mods.approval import approval_mod
+from consortia.client.mods.refusal import refusal_mod
 from consortia.client.mods.signing import signing_mod
 from consortia.common.config.settings import RunSettings
 from tests.support.attack_app.app_dir import MODULE_SOURCE, Attack, write_attack_app_dir
@@ -98,12 +99,14 @@ def test_flower_builds_and_loads_the_malicious_client_app(
     module = sys.modules.pop(MODULE)
     assert Path(str(module.__file__)).parent == installed
     assert isinstance(loaded, ClientApp)
-    # Consortia's mods, outermost first, the attack innermost (inside the signature),
-    # around the same handlers as Consortia's app.
+    # Consortia's mods, outermost first, the attack inside the signature and around the
+    # refusal mod (which answers a handler's refusal), around the same handlers as
+    # Consortia's app.
     assert [mod.__name__ for mod in loaded._mods] == [
         approval_mod.__name__,
         signing_mod.__name__,
         attack_mod.__name__,
+        refusal_mod.__name__,
     ]
     assert sorted(loaded._registered_funcs) == sorted(consortia_app._registered_funcs)
     assert f"{MessageType.TRAIN}.default" in loaded._registered_funcs
