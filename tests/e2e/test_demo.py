@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ from consortia.server.report.writer import write_report
 from consortia.server.run.folder import EVENTS_FILE
 from tests.support.browser import render_page
 from tests.support.cli import CLI, consortia
-from tests.support.processes import flower_processes
+from tests.support.processes import flower_processes, tagged_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # Segmentation with 3 training sites (secure aggregation on by default), classification
 # with 2 (plain aggregation): both paths through the real runtime, TLS and signatures on.
+# This run's demos, told apart from the processes of a test running beside them.
+DEMO_TAG = f"demo-{uuid.uuid4().hex}"
 DEMOS = {"segmentation": 4, "classification": 3}
 
 
@@ -55,6 +58,7 @@ def _start(task: str, sites: int, output: Path, logs: ExitStack) -> subprocess.P
     args += ["--image-size", "32", "--cases", "24", "--local-epochs", "1"]
     return subprocess.Popen(
         [*CLI, "demo", *args],
+        env=tagged_env(DEMO_TAG),
         stdout=logs.enter_context((output.parent / f"{task}.out").open("wb")),
         stderr=logs.enter_context((output.parent / f"{task}.err").open("wb")),
     )
@@ -64,7 +68,7 @@ def _start(task: str, sites: int, output: Path, logs: ExitStack) -> subprocess.P
 def demos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demos]:
     """Both demos, started together (each waits on Flower's polls most of the time)."""
     root = tmp_path_factory.mktemp("demos")
-    before = flower_processes()
+    before = flower_processes(DEMO_TAG)
     with ExitStack() as logs:
         started = {task: _start(task, n, root / task, logs) for task, n in DEMOS.items()}
         try:
@@ -82,7 +86,7 @@ def demos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demos]:
         )
         for task in DEMOS
     }
-    yield Demos(runs, before, flower_processes())
+    yield Demos(runs, before, flower_processes(DEMO_TAG))
 
 
 def _check_events_and_audit(run_dir: Path, roles: set[str], secure: bool) -> None:

@@ -5,19 +5,21 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from consortia.server.run.folder import EVENTS_FILE
 from tests.support.cli import CLI
-from tests.support.processes import flower_processes
+from tests.support.processes import flower_processes, tagged_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+INTERRUPT_TAG = f"interrupt-{uuid.uuid4().hex}"
 
 
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    before = flower_processes()
+    before = flower_processes(INTERRUPT_TAG)
     demo = subprocess.Popen(
         [
             *CLI,
@@ -35,6 +37,7 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        env=tagged_env(INTERRUPT_TAG),
     )
     deadline = time.monotonic() + 300
     started = False
@@ -50,4 +53,4 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     assert demo.returncode == 130, output.decode()[-2000:]
     assert b"stopping every demo process" in output
     time.sleep(1.0)
-    assert flower_processes() <= before, "Flower processes survived Ctrl-C"
+    assert flower_processes(INTERRUPT_TAG) <= before, "Flower processes survived Ctrl-C"

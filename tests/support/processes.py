@@ -9,10 +9,27 @@ import subprocess
 from pathlib import Path
 
 MARKERS = ("flower-super", "warm_executor", "flwr-serverapp", "flwr-clientapp", "flwr-simulation")
+# Set in the environment of a command a test starts; every process it starts inherits it, so
+# a test can tell its own processes from those of a test running beside it (pytest -n 2).
+TAG_ENV = "CONSORTIA_TEST_TAG"
 
 
-def flower_processes() -> set[str]:
-    """Command lines (with pids) of every live process a federation may leave behind.
+def tagged_env(tag: str) -> dict[str, str]:
+    """This process's environment with `tag` marking every process started from it."""
+    return {**os.environ, TAG_ENV: tag}
+
+
+def _has_tag(pid: str, tag: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+    return f"{TAG_ENV}={tag}".encode() in environ
+
+
+def flower_processes(tag: str | None = None) -> set[str]:
+    """Command lines (with pids) of every live process a federation may leave behind
+    (with `tag`: only those started under `tagged_env(tag)`).
 
     Zombies (state Z: exited, not yet reaped by their new parent) are not counted: they
     run nothing and hold no port or file."""
@@ -24,7 +41,8 @@ def flower_processes() -> set[str]:
         pid, stat, args = [*line.strip().split(None, 2), "", ""][:3]
         if stat.startswith("Z") or not any(m in args for m in MARKERS):
             continue
-        live.add(f"{pid} {args}")
+        if tag is None or _has_tag(pid, tag):
+            live.add(f"{pid} {args}")
     return live
 
 
