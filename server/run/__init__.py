@@ -79,9 +79,6 @@ if TYPE_CHECKING:
     from consortia.server.run.folder import (
         read_record as read_record,
     )
-    from consortia.server.run.folder import (
-        read_results as read_results,
-    )
     from consortia.server.run.privacy import (
         RunPrivacy as RunPrivacy,
     )
@@ -318,7 +315,6 @@ __all__ = [
     "pooled_metrics",
     "read_privacy_report",
     "read_record",
-    "read_results",
     "record_evaluation",
     "resume_target",
     "runs_dir",
@@ -394,7 +390,6 @@ _EXPORTS = {
     "pooled_metrics": "evaluation",
     "read_privacy_report": "privacy",
     "read_record": "folder",
-    "read_results": "folder",
     "record_evaluation": "round_evaluation",
     "resume_target": "state",
     "runs_dir": "server_app",

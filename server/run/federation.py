@@ -50,18 +50,6 @@ __all__ = ["Federation", "FederationError", "QuorumLostError", "Site"]
 
 logger = logging.getLogger("consortia.server")
 
-# Keys of results.json the round loop writes (besides the rounds' entries).
-_SECURE_AGGREGATION = "secure_aggregation"
-_PRIVACY = "privacy"
-_LEDGER_HEADS = "ledger_heads"
-_ENDED_EARLY = "ended_early"
-_STOPPED = "stopped"
-_NODE_AUDIT_HEADS = "node_audit_heads"
-_ROUNDS = "rounds"
-_ROUND = "round"
-_CHECKPOINT = "checkpoint"
-_MODEL_SHA256 = "model_sha256"
-
 
 class FederationError(ConsortiaError):
     """The run cannot go on (too few sites, no training site, every update rejected)."""

@@ -41,7 +41,6 @@ __all__ = [
     "SCHEMA",
     "RunFolder",
     "read_record",
-    "read_results",
 ]
 
 RESULTS_FILE: Final = "results.json"
@@ -78,11 +77,6 @@ def read_record(path: Path, *, missing: str = "not found") -> RunRecord:
     if not isinstance(data, dict):
         raise ConsortiaError(f"{results_path}: not a {SCHEMA} file")
     return RunRecord.from_json(data, str(results_path))
-
-
-def read_results(path: Path, *, missing: str = "not found") -> dict[str, Any]:
-    """`read_record` as the JSON object (for code not yet reading the typed record)."""
-    return read_record(path, missing=missing).to_json()
 
 
 class RunFolder:
@@ -159,6 +153,11 @@ class RunFolder:
             self.results["rounds"].append({"round": round_number, **fields})
             self.results["rounds"].sort(key=lambda item: item["round"])
         self.save()
+
+    def stage(self, **fields: Any) -> None:
+        """Set top-level fields of the record without writing; saved with the next write
+        (the round's entry follows at once)."""
+        self.results.update(fields)
 
     def add_ledger_heads(self, heads: Mapping[str, Mapping[str, Any]]) -> None:
         """Record the privacy-ledger head each site's reply carried (the last per site

@@ -28,9 +28,6 @@ logger = logging.getLogger("consortia.server")
 
 # Run-folder event: a secure round could not start.
 SECURE_AGGREGATION_FAILED = "secure_aggregation_failed"
-# Keys of results.json written here (besides the round's entry).
-_PRIVACY = "privacy"
-_LEDGER_HEADS = "ledger_heads"
 
 
 class RoundAggregation:
@@ -124,7 +121,7 @@ class RoundAggregation:
             unchanged=unchanged,
         )
         folder.event(GLOBAL_MODEL, round=round_number, sha256=digest, checkpoint=checkpoint)
-        folder.update(privacy=self.collector.privacy.section())
+        folder.stage(privacy=self.collector.privacy.section())
         # Each site's privacy-ledger head as its reply carried it: per round, and the last
         # one per site for the provenance (the privacy audit checks ledgers against them).
         heads = {names[n]: u.ledger_head for n, u in accepted.items() if u.ledger_head is not None}

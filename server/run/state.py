@@ -48,10 +48,6 @@ STATE_FILE = "checkpoints/state.json"
 SCHEMA = "consortia.run-state/1"
 # Where the strategy's state after round N is kept (the one before it is removed).
 STRATEGY_FILE = "checkpoints/strategy-{round:03d}.npz"
-# Keys of results.json the resume rewrites.
-_ROUNDS = "rounds"
-_ROUND = "round"
-_PRIVACY = "privacy"
 
 
 class RunStateError(ConsortiaError):
@@ -249,7 +245,7 @@ class RunStateStore:
                 "names (it was truncated or replaced)"
             )
         dropped = self.folder.drop_rounds_after(state.round)
-        self.folder.update(privacy=self.privacy.section())
+        self.folder.stage(privacy=self.privacy.section())
         logger.info("resuming after round %d (unfinished round(s) %s redone)", state.round, dropped)
         self.folder.event(
             RUN_RESUMED,

@@ -13,11 +13,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPS = ("server", "client", "common")
-# Kept in step with NOT_IN_FACES in tests/unit/test_layout.py.
+# Modules a face leaves out: command modules (Typer apps, imported by the CLI only), the
+# record-key constants (read as a namespace, `records as rk`) and the face helper itself.
 NOT_IN_FACES = {"cli", "approve_cli", "records", "faces"}
 
 
-def _declared_all(tree: ast.Module) -> list[str]:
+def declared_all(tree: ast.Module) -> list[str]:
+    """The names a module's literal `__all__` lists."""
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
@@ -45,7 +47,7 @@ def face_text(room: Path) -> str:
         entry = f"- ``{module.stem}``: {_first_sentence(tree)}"
         lines.append(textwrap.fill(entry, 96, subsequent_indent="  "))
         if module.stem not in NOT_IN_FACES:
-            for name in _declared_all(tree):
+            for name in declared_all(tree):
                 if name not in taken:
                     exports.setdefault(name, module.stem)
     text = '"""' + "\n".join(lines) + '\n"""\n\nfrom typing import TYPE_CHECKING\n\n'

@@ -12,27 +12,15 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-TOPS = ("server", "client", "common")
+from tests.support.write_faces import NOT_IN_FACES, ROOT, TOPS, declared_all, rooms
+
 MAX_MODULES_PER_FOLDER = 12
 MAX_CLASS_LINES = 250
 MAX_FUNCTION_LINES = 60
-# Modules a face leaves out: command modules (Typer apps, imported by the CLI only), the
-# record-key constants (read as a namespace, `records as rk`) and the face helper itself.
-NOT_IN_FACES = {"cli", "approve_cli", "records", "faces"}
 
 
 def _packages() -> list[Path]:
     return sorted(init.parent for top in TOPS for init in (ROOT / top).rglob("__init__.py"))
-
-
-def _rooms() -> list[Path]:
-    """The sub-packages with a face: every package but the three tops and client/data."""
-    return [
-        p
-        for p in _packages()
-        if p.parent != ROOT and p.relative_to(ROOT).parts != ("client", "data")
-    ]
 
 
 def _dotted(folder: Path) -> str:
@@ -41,15 +29,6 @@ def _dotted(folder: Path) -> str:
 
 def _modules(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
-
-
-def _declared_all(path: Path) -> list[str]:
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
-        ):
-            return list(ast.literal_eval(node.value))
-    return []
 
 
 def _imports(path: Path) -> set[str]:
@@ -85,7 +64,7 @@ def test_every_source_folder_is_a_package() -> None:
     assert not loose, f"folders with modules but no __init__.py (not installed): {loose}"
 
 
-@pytest.mark.parametrize("room", _rooms(), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("room", rooms(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_face_re_exports_every_public_name(room: Path) -> None:
     face = importlib.import_module(_dotted(room))
     exports: dict[str, str] = face._EXPORTS
@@ -97,7 +76,7 @@ def test_face_re_exports_every_public_name(room: Path) -> None:
     expected: dict[str, str] = {}
     for module in _modules(room):
         if module.stem not in NOT_IN_FACES:
-            for name in _declared_all(module):
+            for name in declared_all(ast.parse(module.read_text(encoding="utf-8"))):
                 if name not in taken:
                     expected.setdefault(name, module.stem)
     assert exports == expected, f"{room}: face out of date (python -m tests.support.write_faces)"
@@ -109,7 +88,7 @@ def test_face_re_exports_every_public_name(room: Path) -> None:
 
 
 def test_importing_a_face_imports_none_of_its_modules() -> None:
-    faces = [_dotted(room) for room in _rooms()]
+    faces = [_dotted(room) for room in rooms()]
     probe = (
         "import importlib, sys\n"
         f"faces = {faces!r}\n"
