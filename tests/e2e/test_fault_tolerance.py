@@ -14,6 +14,7 @@ federation of three training sites and a held-out site on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -166,12 +167,21 @@ def test_dp_round_in_flight_at_the_crash_is_not_counted_twice(fed: CliFederation
 
     assert resumed["status"] == "completed", resumed.get("stopped")
     assert [entry["round"] for entry in resumed["rounds"]] == [0, 1, 2]
+    redone = resumed["rounds"][2]
     for site in TRAINERS:
         assert _ledger_rounds(fed, site, run_name) == [1, 2], site
         entries = PrivacyLedger.load(_ledger(fed, site)).entries  # type: ignore[arg-type]
+        # The server knows what a site spent from its replies: the round-2 spend of a
+        # site that answered the redone round (with its kept release), else round 1's
+        # (a site still finishing round 2 for the killed server can miss the redone
+        # round's straggler time; its ledger holds the round once all the same).
+        known = entries[-1] if site in redone["participants"] else entries[-2]
+        if site not in redone["participants"]:
+            assert site in redone["left_out"], (site, redone)
         assert resumed["privacy"]["sites"][site]["epsilon"] == pytest.approx(
-            entries[-1].epsilon, rel=1e-9
+            known.epsilon, rel=1e-9
         )
+    assert len(redone["participants"]) >= 2, redone  # the quorum: half of three
     ledgers = [str(_ledger(fed, site)) for site in TRAINERS]
     audit = consortia(
         "audit",
@@ -212,4 +222,8 @@ def test_site_killed_mid_run_is_left_out_then_rejoins(fed: CliFederation) -> Non
     back = [r for r in range(missed[-1] + 1, 8) if "gamma" in rounds[r]["participants"]]
     assert back, {r: rounds[r]["participants"] for r in rounds if r}
     for r in range(1, 8):
-        assert len(rounds[r]["participants"]) >= 2  # the quorum: half of three, rounded up
+        # The quorum, half of the training sites asked (the connected ones), rounded up:
+        # while gamma is away, a round asks two sites and one usable update is enough.
+        asked = len(rounds[r]["participants"]) + len(rounds[r]["left_out"])
+        assert len(rounds[r]["participants"]) >= math.ceil(asked / 2), rounds[r]
+        assert rounds[r]["participants"], rounds[r]
