@@ -82,7 +82,7 @@ def read_record(path: Path, *, missing: str = "not found") -> RunRecord:
 class RunFolder:
     """Owns `results.json`, the audit log and the checkpoints of one run.
 
-    `results` is the record being written, as JSON; every `save` checks it against
+    The record being written is kept as JSON (private); every `save` checks it against
     `RunRecord` before it reaches the disk (a key the schema lacks fails the write), and
     `record` is the typed view readers use."""
 
@@ -95,9 +95,9 @@ class RunFolder:
         (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog.open(path / EVENTS_FILE, server_log_label(path.name))
         if results is not None:
-            self.results = results
+            self._results = results
             return
-        self.results = {
+        self._results = {
             "schema": SCHEMA,
             **header,
             "status": _STATUS_RUNNING,
@@ -123,7 +123,7 @@ class RunFolder:
         return self._validated()[0]
 
     def _validated(self) -> tuple[RunRecord, str]:
-        text = json.dumps(_finite(self.results), indent=2, allow_nan=False, default=json_default)
+        text = json.dumps(_finite(self._results), indent=2, allow_nan=False, default=json_default)
         return RunRecord.from_json(text, str(self.path / RESULTS_FILE)), text
 
     def save(self) -> None:
@@ -134,7 +134,7 @@ class RunFolder:
     def update(self, **fields: Any) -> None:
         """Set top-level fields of the record (`privacy`, `secure_aggregation`,
         `ended_early`, ...) and save."""
-        self.results.update(fields)
+        self._results.update(fields)
         self.save()
 
     def event(self, kind: str, /, **fields: Any) -> None:
@@ -145,30 +145,30 @@ class RunFolder:
     def update_round(self, round_number: int, **fields: Any) -> None:
         """Set fields of the `rounds[]` entry of model version `round_number` (created
         when new) and save."""
-        for entry in self.results["rounds"]:
+        for entry in self._results["rounds"]:
             if entry["round"] == round_number:
                 entry.update(fields)
                 break
         else:
-            self.results["rounds"].append({"round": round_number, **fields})
-            self.results["rounds"].sort(key=lambda item: item["round"])
+            self._results["rounds"].append({"round": round_number, **fields})
+            self._results["rounds"].sort(key=lambda item: item["round"])
         self.save()
 
     def stage(self, **fields: Any) -> None:
         """Set top-level fields of the record without writing; saved with the next write
         (the round's entry follows at once)."""
-        self.results.update(fields)
+        self._results.update(fields)
 
     def add_ledger_heads(self, heads: Mapping[str, Mapping[str, Any]]) -> None:
         """Record the privacy-ledger head each site's reply carried (the last per site
         stays in `ledger_heads`); saved with the next write."""
-        self.results.setdefault("ledger_heads", {}).update(heads)
+        self._results.setdefault("ledger_heads", {}).update(heads)
 
     def resume(self, flower_run_id: int | None, after_round: int) -> None:
         """Mark a reopened run as running again and record the resumption; save."""
-        self.results.pop("stopped", None)
-        self.results.update(status=_STATUS_RUNNING, finished_at=None)
-        self.results.setdefault("resumed", []).append(
+        self._results.pop("stopped", None)
+        self._results.update(status=_STATUS_RUNNING, finished_at=None)
+        self._results.setdefault("resumed", []).append(
             {"at": utc_now(), "flower_run_id": flower_run_id, "after_round": after_round}
         )
         self.save()
@@ -180,8 +180,8 @@ class RunFolder:
     def drop_rounds_after(self, round_number: int) -> list[int]:
         """Forget the entries of rounds after `round_number` (a resumed run redoes
         them); returns their numbers. Saved with the next write."""
-        dropped = [e["round"] for e in self.results["rounds"] if e["round"] > round_number]
-        self.results["rounds"] = [e for e in self.results["rounds"] if e["round"] <= round_number]
+        dropped = [e["round"] for e in self._results["rounds"] if e["round"] > round_number]
+        self._results["rounds"] = [e for e in self._results["rounds"] if e["round"] <= round_number]
         return dropped
 
     def checkpoint(self, round_number: int, state: Mapping[str, torch.Tensor]) -> tuple[str, str]:
@@ -199,7 +199,7 @@ class RunFolder:
         return relative, digest
 
     def finish(self, status: str, **fields: Any) -> None:
-        self.results.update(fields)
-        self.results["status"] = status
-        self.results["finished_at"] = utc_now()
+        self._results.update(fields)
+        self._results["status"] = status
+        self._results["finished_at"] = utc_now()
         self.save()

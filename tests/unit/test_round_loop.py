@@ -114,7 +114,7 @@ def _events(federation: Federation, kind: str) -> list[dict[str, Any]]:
 
 
 def _round(federation: Federation, number: int) -> dict[str, Any]:
-    [entry] = [e for e in federation.folder.results["rounds"] if e["round"] == number]
+    [entry] = [e for e in federation.folder.record.to_json()["rounds"] if e["round"] == number]
     return entry
 
 
@@ -138,7 +138,7 @@ def test_a_plain_run_trains_every_site_and_records_each_round(world: World) -> N
         assert entry["strategy"]["name"] == "fedavg" and entry["strategy"]["unchanged"] is None
         assert entry["strategy"]["kept"] == ["a", "b", "c"]
     assert federation.stopped is None and federation.ended_early is None
-    assert federation.folder.results["secure_aggregation"]["enabled"] is False
+    assert federation.folder.record.to_json()["secure_aggregation"]["enabled"] is False
     # every train reply was signed and verified against the registry
     verified = _events(federation, "update_verified")
     assert {e["site"] for e in verified} == {"a", "b", "c"}
@@ -214,8 +214,8 @@ def test_too_few_training_sites_end_training_early(tmp_path: Path) -> None:
     )
     federation, _ = world.run()
     assert federation.ended_early is not None and "min_training_sites=3" in federation.ended_early
-    assert federation.folder.results["ended_early"] == federation.ended_early
-    assert [e["round"] for e in federation.folder.results["rounds"]] == [0, 1]
+    assert federation.folder.record.to_json()["ended_early"] == federation.ended_early
+    assert [e["round"] for e in federation.folder.record.to_json()["rounds"]] == [0, 1]
     assert federation.stopped is None
     # the final model was still sent out for evaluation
     final = [m for m in world.grid.pushed if message_round(m) == 4]
@@ -228,7 +228,7 @@ def test_a_round_without_its_quorum_stops_the_run_resumably(tmp_path: Path) -> N
     federation, weights = world.run()
     assert federation.stopped is not None
     assert "round 2: 2 usable update(s) of the 3 training sites asked" in federation.stopped
-    assert federation.folder.results["stopped"]["round"] == 2
+    assert federation.folder.record.to_json()["stopped"]["round"] == 2
     state = RunState.load(federation.folder.path, RunIdentity.of(world.settings).config_hash)
     assert state.round == 1  # resumable after the last completed round
     np.testing.assert_allclose(
@@ -246,7 +246,7 @@ def _secure_world(root: Path) -> World:
 def test_a_secure_round_sums_the_masked_updates(tmp_path: Path) -> None:
     world = _secure_world(tmp_path)
     federation, weights = world.run()
-    assert federation.folder.results["secure_aggregation"]["enabled"] is True
+    assert federation.folder.record.to_json()["secure_aggregation"]["enabled"] is True
     np.testing.assert_allclose(
         weights,
         federation.initial_weights + 2 * _mean_step(world, ("a", "b", "c")),
@@ -324,7 +324,7 @@ def test_resume_after_a_stop_redoes_the_round_and_matches_an_uninterrupted_run(
     assert weights.tobytes() == expected.tobytes()
     [event] = _events(resumed, RUN_RESUMED)
     assert event["from_round"] == 2 and event["redone_rounds"] == []
-    assert [e["round"] for e in resumed.folder.results["rounds"]] == [0, 1, 2, 3]
+    assert [e["round"] for e in resumed.folder.record.to_json()["rounds"]] == [0, 1, 2, 3]
     assert RunState.load(path, RunIdentity.of(world.settings).config_hash).round == 3
 
 

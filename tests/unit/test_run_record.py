@@ -63,24 +63,26 @@ def _write_run(run_dir: Path) -> RunFolder:
     privacy = RunPrivacy(settings)
     privacy.add_site("north", SitePrivacy(FP, 10.0, 1e-5, 1.0))
     privacy.record("north", SPEND)
-    folder.results["sites"] = [
-        {
-            "node_id": 1,
-            "name": "north",
-            "role": "train",
-            "num_train": 8,
-            "num_eval": 2,
-            "data_fingerprint": FP,
-        },
-        {
-            "node_id": 2,
-            "name": "east",
-            "role": "holdout",
-            "num_train": 0,
-            "num_eval": 5,
-            "data_fingerprint": "01" * 32,
-        },
-    ]
+    folder.stage(
+        sites=[
+            {
+                "node_id": 1,
+                "name": "north",
+                "role": "train",
+                "num_train": 8,
+                "num_eval": 2,
+                "data_fingerprint": FP,
+            },
+            {
+                "node_id": 2,
+                "name": "east",
+                "role": "holdout",
+                "num_train": 0,
+                "num_eval": 5,
+                "data_fingerprint": "01" * 32,
+            },
+        ]
+    )
     folder.update(privacy=privacy.section(), secure_aggregation={"enabled": False, "reason": "x"})
     folder.update_round(0, checkpoint="checkpoints/round-000.pt", model_sha256="00" * 32)
     head = {"sha256": "77" * 32, "entries": 3}
