@@ -15,7 +15,10 @@ from consortia.client.data.cli import data_app
 from consortia.client.node.approve_cli import approvals, approve, revoke
 from consortia.client.node.audit import node_audit_for
 from consortia.client.node.connection_check import check_server_connection
+from consortia.client.node.ops_cli import node_check, node_status
+from consortia.client.predict.cli import predict_command
 from consortia.client.privacy.cli import privacy_app
+from consortia.client.training.pretrain_cli import model_app
 from consortia.common.audit.log import NODE_STARTED
 from consortia.common.config.device_names import DEVICE_ENV, DEVICE_PATTERN
 from consortia.common.config.settings import load_site_settings
@@ -80,6 +83,8 @@ def node_start(
 node_app.command("approve")(approve)
 node_app.command("approvals")(approvals)
 node_app.command("revoke")(revoke)
+node_app.command("check")(node_check)
+node_app.command("status")(node_status)
 
 
 def register(app: typer.Typer) -> None:
@@ -87,3 +92,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(node_app, name="node")
     app.add_typer(data_app, name="data")
     app.add_typer(privacy_app, name="privacy")
+    app.add_typer(model_app, name="model")
+    app.command("predict")(predict_command)

@@ -65,6 +65,7 @@ from consortia.common.config.settings import (
 )
 from consortia.common.networks.device import select_device
 from consortia.common.networks.models import build_model
+from consortia.common.networks.warm_start import check_round_start
 from consortia.common.networks.weights import WeightLayout
 from consortia.common.privacy.ledger import PrivacyLedger, ledger_path
 from consortia.common.secure_aggregation.config import SecAggError
@@ -100,9 +101,12 @@ def _eval_splits(site: SiteSettings) -> tuple[str, ...]:
     return ("train", "val", "test") if site.site.role is Role.HOLDOUT else ("test",)
 
 
-def _dataset(site: SiteSettings, name: str) -> SiteDataset:
-    """The registered data set a message asks for, with the node's array cache."""
-    return SiteDataset.open(site.dataset(name).path, cache_dir=site.cache_dir)
+def _dataset(site: SiteSettings, name: str, context: Context) -> SiteDataset:
+    """The registered data set a message asks for, with the node's array cache,
+    preprocessed by the approved run's `[run.plan]` when it has one."""
+    known = rk.RUN_CONFIG_SETTINGS in context.run_config
+    plan = _approved_settings(context).plan if known else None
+    return SiteDataset.open(site.dataset(name).path, cache_dir=site.cache_dir, plan=plan)
 
 
 def _instruction(msg: Message) -> Instruction:
@@ -156,10 +160,10 @@ def _eval_records(content: RecordDict, result: EvalResult) -> None:
         content[rk.EVAL_BOOTSTRAP_KEY] = MetricRecord(dict(result.bootstrap))
 
 
-def _query(msg: Message, site: SiteSettings) -> Message:
+def _query(msg: Message, site: SiteSettings, context: Context) -> Message:
     config = get_config_record(msg.content, rk.CONFIG_KEY)
     task = get_task(config)
-    dataset = _dataset(site, get_str(config, rk.CFG_DATASET))
+    dataset = _dataset(site, get_str(config, rk.CFG_DATASET), context)
     num_train = dataset.count(task, ("train",)) if site.site.role is Role.TRAIN else 0
     num_eval = dataset.count(task, _eval_splits(site))
     fingerprint = dataset.fingerprint
@@ -278,13 +282,17 @@ def _prepare(
 ) -> _TrainJob:
     """Everything a train round needs, checked before any budget can be spent."""
     settings = _approved_settings(context)
-    recipe = RoundRecipe.for_round(settings.training, instruction.round, instruction.total_rounds)
+    global_weights = get_array(get_array_record(msg.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY)
+    check_round_start(settings, instruction.round, global_weights)  # the approved warm start
+    recipe = RoundRecipe.for_round(
+        settings.training, instruction.round, instruction.total_rounds, settings.plan
+    )
     device = select_device(site.node.device)
-    dataset = _dataset(site, instruction.dataset)
+    dataset = _dataset(site, instruction.dataset, context)
     train_data = dataset.load(instruction.task, ("train",))
     model, layout = _model(msg, instruction)
     opened = _open_secure_round(msg, context, instruction, len(train_data), layout.size, settings)
-    start = model_sha256(get_array(get_array_record(msg.content, rk.ARRAYS_KEY), rk.WEIGHTS_ARRAY))
+    start = model_sha256(global_weights)
     return _TrainJob(
         msg=msg,
         context=context,
@@ -468,7 +476,7 @@ def _evaluate_handler(
     grant = EvaluationAllowance(site.state_path, _study_hash(context)).grant(
         instruction.round, instruction.total_rounds, model_sha256(weights)
     )
-    data = _dataset(site, instruction.dataset).load(instruction.task, _eval_splits(site))
+    data = _dataset(site, instruction.dataset, context).load(instruction.task, _eval_splits(site))
     model, _ = _model(msg, instruction)
     device = select_device(site.node.device)
     evaluated = _evaluate(model, data, instruction, device, grant)
@@ -490,7 +498,7 @@ def _evaluate_handler(
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Describe the site: name, role and example counts for the run's task."""
-    return _query(msg, site_settings(context))
+    return _query(msg, site_settings(context), context)
 
 
 @app.train()

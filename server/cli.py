@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from consortia.common.errors import ConsortiaError
 from consortia.common.processes import ProcessGroup, stop_on_sigterm
 from consortia.server.audit.cli import audit_app
 from consortia.server.control import SuperLinkConnection, stop_run, stream_logs
+from consortia.server.export.cli import add_model_commands
 from consortia.server.launch.certs_cli import certs_app
 from consortia.server.launch.simulation import run_simulation
 from consortia.server.launch.submit import submit_run, write_app_dir
@@ -40,6 +42,7 @@ from consortia.server.registry.server_security import (
 )
 from consortia.server.report.cli import report_command
 from consortia.server.report.progress import watch_run
+from consortia.server.runs_cli import print_outcome, runs_app, wait_until_ended
 
 __all__ = ["register"]
 
@@ -145,6 +148,13 @@ def run_command(
             "round, with the settings it started with."
         ),
     ] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="With --simulation: also train the study pooled and at each training site "
+            "alone, scored on the same held-out sites (results.json `baselines`, report)."
+        ),
+    ] = False,
 ) -> None:
     """Submit a study to a running server and follow it (or simulate it locally)."""
     _submit(
@@ -157,6 +167,7 @@ def run_command(
             insecure=insecure,
             simulation=simulation,
             resume=resume,
+            baselines=baselines,
         )
     )
 
@@ -173,6 +184,7 @@ class _RunRequest:
     insecure: bool
     simulation: Path | None
     resume: Path | None
+    baselines: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,16 +221,32 @@ def _study(request: _RunRequest) -> _Study:
 
 
 def _submit(request: _RunRequest) -> None:
-    """Run `consortia run`: simulate the study, or submit it and follow it."""
+    """Run `consortia run`: simulate the study, or submit it and follow it; the submission's
+    working folder is removed when it ends (the app is uploaded at submission)."""
     study = _study(request)
+    work = Path.home() / ".consortia" / "submissions" / f"{study.run_name}-{time.time_ns()}"
+    try:
+        _submit_study(request, study, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _submit_study(request: _RunRequest, study: _Study, work: Path) -> None:
     settings, run_name, runs_dir = study.settings, study.run_name, study.runs_dir
-    work = Path.home() / ".consortia" / "submissions" / f"{run_name}-{time.time_ns()}"
     if request.simulation is not None and request.resume is not None:
         raise typer.BadParameter("--resume runs on a server, not with --simulation")
+    if request.baselines and request.simulation is None:
+        raise typer.BadParameter("--baselines needs --simulation SITES_DIR")
     if request.simulation is not None:
         stop_on_sigterm()
         run_simulation(
-            settings, run_name, request.simulation, runs_dir or Path("runs"), work, console
+            settings,
+            run_name,
+            request.simulation,
+            runs_dir or Path("runs"),
+            work,
+            console,
+            baselines=request.baselines,
         )
         return
     app_dir = write_app_dir(work / "app", settings, run_name, resume=request.resume is not None)
@@ -234,20 +262,26 @@ def _submit(request: _RunRequest) -> None:
     if not request.wait:
         console.print(f"The server writes its results to <runs dir>/{run_name}/")
         return
-    if runs_dir is not None:
-        watch_run(
-            run_id, connection, runs_dir / run_name, settings.rounds, settings.task, console=console
-        )
-        return
+    run_dir = None if runs_dir is None else runs_dir / run_name
     try:
-        stream_logs(run_id, connection)
+        if run_dir is None:
+            stream_logs(run_id, connection)
+        else:
+            watch_run(run_id, connection, run_dir, settings.rounds, settings.task, console=console)
     except KeyboardInterrupt:
-        stop_run(run_id, connection)
+        if run_dir is None:
+            stop_run(run_id, connection)  # watch_run stops it itself
+            raise
+        record = wait_until_ended(run_dir, 30.0)
+        print_outcome(record, run_dir, console)
         raise
 
 
 def demo_command(
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
+    rounds: Annotated[
+        int | None,
+        typer.Option(min=1, help="Federated rounds [5; 8 for segmentation with --no-dp]."),
+    ] = None,
     sites: Annotated[int, typer.Option(min=2, max=26, help="Sites; the last is held out.")] = 4,
     task: Annotated[Task, typer.Option(help="What to learn.")] = Task.SEGMENTATION,
     output: Annotated[Path, typer.Option(help="Folder for run folders.")] = Path("runs"),
@@ -272,13 +306,13 @@ def demo_command(
     """A whole federation on this machine on synthetic data (SuperLink + SuperNodes)."""
     # Here, not at the top: the demo's report loads MONAI and matplotlib, which the other
     # `consortia` commands start without.
-    from consortia.server.launch.demo import DemoOptions, run_demo
+    from consortia.server.launch.demo import DemoOptions, default_rounds, run_demo
 
     stop_on_sigterm()
     # ResNet-18 steps cost more than the small U-Net's; classification learns with fewer.
     train_cases = cases or (960 if task is Task.SEGMENTATION else 320)
     options = DemoOptions(
-        rounds=rounds,
+        rounds=rounds or default_rounds(task, dp),
         sites=sites,
         task=task,
         output=output,
@@ -294,12 +328,54 @@ def demo_command(
     run_demo(options, console)
 
 
+def plan_command(
+    fingerprints: Annotated[
+        list[Path], typer.Argument(help="The sites' `consortia data fingerprint` JSON files.")
+    ],
+    modality: Annotated[str, typer.Option(help="MR or CT.")] = "MR",
+    divisor: Annotated[int, typer.Option(help="2 ** the model's strided levels.")] = 8,
+    out: Annotated[Path | None, typer.Option(help="Write [run.plan] TOML here.")] = None,
+) -> None:
+    """Plan a segmentation study's preprocessing ([run.plan]) from the sites' fingerprints."""
+    from pydantic import ValidationError
+
+    from consortia.common.config.planner import (
+        Fingerprint,
+        merge_fingerprints,
+        plan_from_fingerprint,
+        plan_toml,
+    )
+
+    if modality not in ("MR", "CT"):
+        raise typer.BadParameter("must be MR or CT", param_hint="--modality")
+    prints = []
+    for path in fingerprints:
+        try:
+            prints.append(Fingerprint.model_validate_json(path.read_text(encoding="utf-8")))
+        except (OSError, ValidationError) as err:
+            raise typer.BadParameter(f"{path}: not a fingerprint: {err}") from None
+    try:
+        plan = plan_from_fingerprint(
+            merge_fingerprints(prints), modality="CT" if modality == "CT" else "MR", divisor=divisor
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    text = plan_toml(plan)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+
+
 def register(app: typer.Typer) -> None:
     """Entry point of the `consortia.cli` group."""
     app.add_typer(server_app, name="server")
     app.command("run")(run_command)
     app.command("demo")(demo_command)
+    app.command("plan")(plan_command)
     app.command("report")(report_command)
     app.add_typer(audit_app, name="audit")
     app.add_typer(site_app, name="site")
+    app.add_typer(runs_app, name="runs")
     app.add_typer(certs_app, name="certs")
+    add_model_commands(app)  # `consortia model export`, beside the site's `model` commands

@@ -10,14 +10,23 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import PurePath
 from typing import Any
 
 from consortia.client.data.dicom.phi import PhiFinding
 from consortia.client.data.reader import CaseData, intensity_stats
 from consortia.client.data.splits import SPLITS
 
-__all__ = ["CaseResult", "CheckReport", "Summary", "failed_result", "passed_result", "phi_key"]
+__all__ = [
+    "CaseResult",
+    "CheckReport",
+    "Summary",
+    "failed_result",
+    "passed_result",
+    "phi_key",
+    "shown_problem",
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,20 @@ def passed_result(case_id: str, split: str | None, data: CaseData) -> CaseResult
 def failed_result(case_id: str, split: str | None, file: str, problem: str) -> CaseResult:
     """The result of a case that is left out."""
     return CaseResult(id=case_id, split=split, ok=False, problem=problem, file=file)
+
+
+def shown_problem(result: CaseResult) -> str | None:
+    """What `data check` shows against a case: its problem, or, for a case read without
+    one that holds identifying attributes, that it is not OK for that reason (the node
+    does not train on it); None for a case that is OK."""
+    if not result.ok:
+        return result.problem
+    if not result.phi_findings:
+        return None
+    return (
+        f"{result.phi_findings} identifying DICOM attribute(s) (PHI): register a "
+        "de-identified copy (`consortia data deidentify`)"
+    )
 
 
 def phi_key(finding: PhiFinding) -> str:
@@ -190,6 +213,15 @@ class CheckReport:
             usable=not reasons,
             reasons=tuple(reasons),
         )
+
+    def without_paths(self) -> CheckReport:
+        """The report as shown by default: file names, no folders (a path may name a
+        patient); the source is the data set's name."""
+        cases = tuple(
+            replace(case, file=PurePath(case.file).name if case.file else case.file)
+            for case in self.cases
+        )
+        return replace(self, source=self.dataset, cases=cases)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for `--json`."""

@@ -1,5 +1,5 @@
-"""`consortia data ...`: check a data set the way training reads it, and write a
-de-identified copy of DICOM files. The lead wires `data_app` into the root CLI."""
+"""`consortia data ...`: describe a data set as a manifest (`init`), check it the way
+training reads it, and write a de-identified copy of DICOM files."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -62,20 +63,25 @@ def _counts(items: dict[str, int]) -> str:
 
 
 def _print_cases(console: Console, report: CheckReport, only_problems: bool) -> None:
+    from consortia.client.data.check import shown_problem
+
     if only_problems and all(case.ok and not case.phi_findings for case in report.cases):
         console.print(f"all {len(report.cases)} case(s) of {report.dataset} read without problems")
         return
     table = Table(title=f"Cases of {report.dataset}", show_lines=False)
-    for column in ("case", "split", "result", "file", "size", "labels", "PHI"):
+    columns = ["case", "split", "result", "file", "size", "labels", "PHI"]
+    for column in columns:
         table.add_column(column, overflow="fold")
     for case in report.cases:
         if only_problems and case.ok and not case.phi_findings:
             continue
-        result = "[green]OK[/]" if case.ok else f"[red]{case.problem}[/]"
+        problem = shown_problem(case)
+        result = "[green]OK[/]" if problem is None else f"[red]NOT OK: {escape(problem)}[/]"
         size = " x ".join(str(n) for n in case.shape) if case.shape else "-"
         labels = ", ".join(str(v) for v in case.labels[:8]) or "-"
         phi = f"[red]{case.phi_findings}[/]" if case.phi_findings else "-"
-        table.add_row(case.id, case.split or "-", result, case.file or "", size, labels, phi)
+        file = escape(case.file or "")
+        table.add_row(escape(case.id), case.split or "-", result, file, size, labels, phi)
     console.print(table)
 
 
@@ -87,7 +93,11 @@ def _print_summary(console: Console, report: CheckReport) -> None:
     table.add_row("data set", f"{report.dataset} ({report.task or 'no task: images only'})")
     if report.fingerprint:
         table.add_row("fingerprint", report.fingerprint)
-    table.add_row("cases", f"{s.passed} OK, {s.failed} left out, {s.cases} in all")
+    with_phi = sum(1 for case in report.cases if case.ok and case.phi_findings)
+    phi_note = f", {with_phi} not OK for PHI" if with_phi else ""
+    table.add_row(
+        "cases", f"{s.passed - with_phi} OK{phi_note}, {s.failed} left out, {s.cases} in all"
+    )
     table.add_row("per split", _counts(s.per_split))
     for split, labels in s.per_label.items():
         table.add_row(f"labels ({split})", _counts(labels))
@@ -127,11 +137,20 @@ def check(
     only_problems: Annotated[
         bool, typer.Option("--only-problems", help="List only cases with a problem.")
     ] = False,
+    show_paths: Annotated[
+        bool,
+        typer.Option("--show-paths", help="Show file paths (default: ids and file names only)."),
+    ] = False,
+    run: Annotated[
+        Path | None,
+        typer.Option(help="A run config (RUN.toml): check the cases under its [run.plan]."),
+    ] = None,
 ) -> None:
     """Read every case the way training will; exit 0 if usable, 1 if not, 2 on a bad
     manifest."""
     from consortia.client.data.dataset import SiteDataset
     from consortia.client.data.dicom.folder_check import check_dicom_folder
+    from consortia.common.config.settings import load_run_settings
 
     if not path.exists():
         raise typer.BadParameter(f"{path} does not exist", param_hint="PATH")
@@ -139,7 +158,11 @@ def check(
         if path.is_dir():
             report = check_dicom_folder(path, on_case=on_case)
         else:
-            report = SiteDataset.open(path, cache_dir=cache_dir).check(on_case=on_case)
+            plan = None if run is None else load_run_settings(run).plan
+            dataset = SiteDataset.open(path, cache_dir=cache_dir, plan=plan)
+            report = dataset.check(on_case=on_case)
+    if not show_paths:
+        report = report.without_paths()
     if json_output:
         typer.echo(report.to_json())
     else:
@@ -193,3 +216,71 @@ def deidentify(
         )
     # Every file left out is one the hospital must look at: say so in the exit code.
     raise typer.Exit(0 if report.files_written and not report.problems else 1)
+
+
+@data_app.command("fingerprint")
+def fingerprint(
+    path: Annotated[Path, typer.Argument(help="A data set manifest (.toml).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the JSON here (default: print it).")
+    ] = None,
+    orientation: Annotated[str, typer.Option(help="Axis codes of the plan.")] = "RAS",
+) -> None:
+    """Aggregate statistics of a data set for `consortia plan` (spacing, sizes, foreground
+    intensities): no paths, no file names, no per-case values."""
+    from consortia.client.data.fingerprint import dataset_fingerprint
+
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} does not exist", param_hint="PATH")
+    with _progress("reading cases", enabled=out is not None) as on_case:
+        result = dataset_fingerprint(path, orientation=orientation, on_case=on_case)
+    text = result.model_dump_json(indent=1)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
+
+
+@data_app.command("init")
+def init(
+    src: Annotated[
+        Path,
+        typer.Argument(help="A DICOM export, NIfTI folder, MSD, nnU-Net v2 raw or BIDS folder."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The manifest to write (.toml).")],
+    layout: Annotated[
+        str | None,
+        typer.Option(help="nnunet, msd, bids, nifti or dicom (default: detected)."),
+    ] = None,
+    hashed_ids: Annotated[
+        bool,
+        typer.Option(
+            "--hashed-ids", help="Case ids from a hash of the path (folders name patients)."
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing manifest.")] = False,
+) -> None:
+    """Describe SRC as a commented manifest; exit 0 when every file was used, 1 when some
+    were left out (each is listed, and named in the manifest), 2 when nothing could be."""
+    from consortia.client.data.importers.draft import write_manifest
+    from consortia.client.data.importers.scanner import LAYOUTS, import_source
+
+    if layout is not None and layout not in LAYOUTS:
+        raise typer.BadParameter(f"one of {', '.join(LAYOUTS)}", param_hint="--layout")
+    stack_dir = out.resolve().parent / f"{out.stem}-channels"
+    chosen = next((name for name in LAYOUTS if name == layout), None)
+    draft = import_source(src, layout=chosen, stack_dir=stack_dir, hashed_ids=hashed_ids)
+    written = write_manifest(draft, out, overwrite=force)
+    console = Console()
+    console.print(
+        f"wrote {escape(str(written))}: {len(draft.cases)} case(s) from a {draft.layout}",
+        soft_wrap=True,
+    )
+    for note in draft.notes:
+        console.print(f"note: {escape(note)}", soft_wrap=True)
+    for problem in draft.problems:
+        console.print(
+            f"[red]left out[/]: {escape(problem.path)}: {escape(problem.reason)}", soft_wrap=True
+        )
+    console.print(f"Next: consortia data check {escape(str(out))}", soft_wrap=True)
+    raise typer.Exit(1 if draft.problems else 0)

@@ -31,6 +31,7 @@ from consortia.client.data.check import (
     phi_key,
 )
 from consortia.client.data.dicom.phi import guard_file
+from consortia.client.data.formats.geometry import grid_affine
 from consortia.client.data.formats.volume import CaseProblem
 from consortia.client.data.manifest import (
     DatasetInfo,
@@ -41,9 +42,11 @@ from consortia.client.data.manifest import (
     SplitRule,
     load_manifest,
 )
-from consortia.client.data.reader import CaseReader
+from consortia.client.data.preprocess import apply_plan
+from consortia.client.data.reader import CaseData, CaseReader
 from consortia.client.data.site_data import SiteArrays, load_npz_splits
 from consortia.client.data.splits import SPLITS, patient_split, split_conflicts
+from consortia.common.config.plan_settings import PlanSettings
 from consortia.common.config.settings import Task
 from consortia.common.errors import DataError
 
@@ -141,8 +144,12 @@ def _resolve_splits(read: list[_Read], rule: SplitRule) -> list[_Read]:
     return read
 
 
-def _split_arrays(scan: _Scan, task: Task, size: PreprocessSettings) -> dict[str, SiteArrays]:
+def _split_arrays(
+    scan: _Scan, task: Task, size: PreprocessSettings, plan: PlanSettings | None
+) -> dict[str, SiteArrays]:
     """The arrays a scan kept, stacked as one SiteArrays per split (empty ones included)."""
+    if plan is not None:
+        size = size.model_copy(update={"spatial_size": plan.spatial_size})
     arrays: dict[str, SiteArrays] = {}
     for split in SPLITS:
         items = scan.arrays.get(split, [])
@@ -159,8 +166,27 @@ def _split_arrays(scan: _Scan, task: Task, size: PreprocessSettings) -> dict[str
             )
         else:
             targets = np.asarray([int(t) for _, t in items], dtype=np.int64)
-        arrays[split] = SiteArrays(images.astype(np.float32), targets.astype(np.int64))
+        arrays[split] = SiteArrays(images.astype(np.float32), targets.astype(np.int64), plan)
     return arrays
+
+
+def _planned(
+    data: CaseData, case: CaseSpec, plan: PlanSettings | None, manifest: Manifest
+) -> CaseData:
+    """The case preprocessed by the run's plan (as read when there is none)."""
+    if plan is None:
+        return data
+    target = data.target if isinstance(data.target, np.ndarray) else None
+    image, label = apply_plan(
+        data.image,
+        target,
+        spacing=data.volume.spacing,
+        affine=grid_affine(data.volume),
+        plan=plan,
+        channels=manifest.preprocess.channels,
+        where=str(case.image.path),
+    )
+    return replace(data, image=image, target=data.target if label is None else label)
 
 
 class SiteDataset:
@@ -174,12 +200,16 @@ class SiteDataset:
         *,
         legacy: bool,
         cache_dir: Path | None,
+        plan: PlanSettings | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
         self.cases = cases
         self.legacy = legacy
         self.cache_dir = cache_dir
+        # The approved run's `[run.plan]`: how cases are preprocessed (None: the manifest's
+        # `[preprocess]` alone, as before plans).
+        self.plan = plan
         info = manifest.manifest.dataset
         self.name: str = info.name
         self.task: Task | None = None if legacy else info.task
@@ -188,8 +218,11 @@ class SiteDataset:
         self.cases_read = 0
 
     @classmethod
-    def open(cls, path: Path, *, cache_dir: Path | None = None) -> SiteDataset:
-        """Open a manifest (.toml) or a legacy MedMNIST npz. `ConfigError` for a bad
+    def open(
+        cls, path: Path, *, cache_dir: Path | None = None, plan: PlanSettings | None = None
+    ) -> SiteDataset:
+        """Open a manifest (.toml) or a legacy MedMNIST npz, to be preprocessed by `plan`
+        when given (a legacy npz is not: it has no geometry). `ConfigError` for a bad
         manifest, `DataError` for an unreadable npz; cases are only read later."""
         path = Path(path).resolve()
         if path.suffix.lower() == ".npz":
@@ -201,7 +234,7 @@ class SiteDataset:
                 raise DataError(f"{path.name}: not a readable npz file: {err}") from None
             return cls(path, mf, expand_cases(mf), legacy=True, cache_dir=cache_dir)
         mf = load_manifest(path)
-        return cls(path, mf, expand_cases(mf), legacy=False, cache_dir=cache_dir)
+        return cls(path, mf, expand_cases(mf), legacy=False, cache_dir=cache_dir, plan=plan)
 
     # --- identity ---------------------------------------------------------------------
 
@@ -230,6 +263,8 @@ class SiteDataset:
             "task": task.value,
             "preprocess": self.manifest.manifest.preprocess.model_dump(mode="json"),
         }
+        if self.plan is not None:
+            settings["plan"] = self.plan.model_dump(mode="json")
         return ArrayCache.entry_key(self.fingerprint, settings)
 
     def _array_cache(self) -> ArrayCache | None:
@@ -245,7 +280,7 @@ class SiteDataset:
         info = manifest.dataset
         return CaseReader(
             task,
-            manifest.preprocess,
+            None if self.plan is not None else manifest.preprocess,
             simulation=manifest.simulation,
             modalities=info.modalities,
             label_names=info.labels,
@@ -260,7 +295,7 @@ class SiteDataset:
             scan.phi.update(keys)
             item = _Read(case, None, None, failed_result(case.id, case.split, "", ""))
             try:
-                data = reader.read(case)
+                data = _planned(reader.read(case), case, self.plan, self.manifest.manifest)
             except CaseProblem as problem:
                 logger.debug("case %s left out: %s: %s", case.id, problem.path, problem.reason)
                 item.result = failed_result(case.id, case.split, problem.path, problem.reason)
@@ -334,7 +369,7 @@ class SiteDataset:
 
     def _stack(self, scan: _Scan, task: Task) -> tuple[dict[str, SiteArrays], dict[str, Any]]:
         """The passing cases of a scan as one SiteArrays per split, and the cache index."""
-        arrays = _split_arrays(scan, task, self.manifest.manifest.preprocess)
+        arrays = _split_arrays(scan, task, self.manifest.manifest.preprocess, self.plan)
         failed = sum(1 for r in scan.results if not r.ok)
         if failed:
             logger.warning(
@@ -375,6 +410,7 @@ class SiteDataset:
         return SiteArrays(
             np.concatenate([a.images for a in chosen]),
             np.concatenate([a.targets for a in chosen]),
+            self.plan,
         )
 
     def count(self, task: Task, splits: Sequence[str]) -> int:

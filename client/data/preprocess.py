@@ -1,21 +1,26 @@
 """Bring one case to the model's fixed input: dimensions, channels, then size.
 
-Images keep their intensities as read (the trainer z-scores each image). Sizes are
-matched with MONAI transforms: a centred pad or crop (`pad-crop`, padding with the
-image's minimum) or an interpolating resize (`resize`; labels with nearest neighbour).
+Without a plan (`prepare_image`, `prepare_label`), images keep their intensities as read
+(the trainer z-scores each image) and sizes are matched with MONAI transforms: a centred
+pad or crop (`pad-crop`, padding with the image's minimum) or an interpolating resize
+(`resize`; labels with nearest neighbour). With the run's `[run.plan]` (`apply_plan`),
+every site orients, resamples, crops to the non-zero region, normalises and pads as the
+plan says (`consortia.common.config.plan_settings`), all with MONAI transforms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 
+from consortia.client.data.formats.geometry import LPS_FROM_RAS
 from consortia.client.data.formats.volume import CaseProblem
 from consortia.client.data.manifest import PreprocessSettings
+from consortia.common.config.plan_settings import ORIENTATION_AXES, PlanSettings
 
-__all__ = ["prepare_image", "prepare_label"]
+__all__ = ["apply_plan", "prepare_image", "prepare_label"]
 
 # ITU-R BT.601 luma weights: colour to grey when the model takes one channel.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -118,3 +123,132 @@ def prepare_label(label: np.ndarray, settings: PreprocessSettings, where: str) -
                 f"{lost} entirely; enlarge preprocess.spatial_size",
             )
     return np.ascontiguousarray(np.rint(label), dtype=np.int64)
+
+
+def _label_values(label: np.ndarray) -> set[int]:
+    return {int(v) for v in np.unique(label) if v != 0}
+
+
+def _plan_affine(
+    spacing: tuple[float, ...], affine: np.ndarray | None, plan: PlanSettings, where: str
+) -> np.ndarray:
+    """The RAS affine MONAI reads (a 3D image needs its orientation; 2D: the spacing)."""
+    if len(plan.spatial_size) == 2:
+        return np.diag([*spacing, 1.0])
+    if affine is None:
+        raise CaseProblem(
+            where,
+            "the image's orientation cannot be read (no origin/direction: a PNG or npz "
+            "image?); [run.plan] needs it to orient and resample 3D images",
+        )
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise CaseProblem(where, "the image's spacing or orientation is degenerate")
+    return np.asarray(LPS_FROM_RAS @ affine, dtype=np.float64)
+
+
+def _geometry(data: dict[Hashable, Any], plan: PlanSettings, where: str) -> dict[Hashable, Any]:
+    """Orientation, then resampling to the plan's spacing (labels nearest), with MONAI."""
+    from monai.transforms import Compose, Orientationd, Spacingd
+
+    keys = [key for key in ("image", "label") if key in data]
+    modes = ["bilinear" if key == "image" else "nearest" for key in keys]
+    steps: list[Callable[[Any], Any]] = []
+    if len(plan.spatial_size) == 3:
+        labels = tuple((axis[0], axis[1]) for axis in ORIENTATION_AXES)
+        steps.append(Orientationd(keys=keys, axcodes=plan.orientation, labels=labels))
+    steps.append(Spacingd(keys=keys, pixdim=plan.target_spacing, mode=modes, padding_mode="zeros"))
+    try:
+        result: dict[Hashable, Any] = Compose(steps)(data)
+    except (ValueError, RuntimeError) as err:  # MONAI names the problem
+        raise CaseProblem(where, f"cannot orient/resample the image: {err}") from None
+    return result
+
+
+def _normalise(image: np.ndarray, plan: PlanSettings) -> np.ndarray:
+    """MR: z-score over the non-zero voxels; CT: clip to the plan's range, z-score."""
+    from monai.transforms import NormalizeIntensity
+
+    if plan.modality == "CT":
+        low, high = plan.ct_clip or (float(image.min()), float(image.max()))
+        return np.asarray((np.clip(image, low, high) - plan.ct_mean) / plan.ct_std, np.float32)
+    transform = NormalizeIntensity(nonzero=True, channel_wise=True)
+    return np.asarray(transform(image), dtype=np.float32)
+
+
+def apply_plan(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    *,
+    spacing: tuple[float, ...],
+    affine: np.ndarray | None,
+    plan: PlanSettings,
+    channels: int,
+    where: str,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A case as read, `image` (C, *spatial) and `label` (*spatial) with its LPS grid
+    `affine` (`grid_affine`), preprocessed by `plan` (`PlanSettings`): oriented,
+    resampled, cropped to the non-zero region, normalised and padded to
+    `plan.spatial_size`. A case the plan cannot hold, or whose labels the steps would
+    lose, is a `CaseProblem` (so `consortia data check` refuses it)."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import CropForegroundd
+    from monai.utils import convert_to_numpy
+
+    size = plan.spatial_size
+    image = _match_dims(image, len(size), where, channels_first=True)
+    image = _match_channels(image.astype(np.float32, copy=False), channels, where)
+    spacing = tuple(spacing[-len(size) :])
+    ras = _plan_affine(spacing, affine, plan, where)
+    data: dict[Hashable, Any] = {"image": MetaTensor(image, affine=torch.as_tensor(ras))}
+    before: set[int] = set()
+    if label is not None:
+        label = _match_dims(label, len(size), where, channels_first=False)
+        before = _label_values(label)
+        data["label"] = MetaTensor(label[None].astype(np.float32), affine=torch.as_tensor(ras))
+    data = _geometry(data, plan, where)
+    keys = [key for key in ("image", "label") if key in data]
+    if plan.crop_foreground:
+        crop = CropForegroundd(keys=keys, source_key="image", select_fn=_nonzero)
+        data = dict(crop(data))
+    out_image = np.asarray(convert_to_numpy(data["image"]), dtype=np.float32)
+    out_label = None if label is None else np.rint(convert_to_numpy(data["label"]))[0]
+    if out_label is not None:
+        lost = sorted(before - _label_values(out_label))
+        if lost:
+            raise CaseProblem(
+                where,
+                f"[run.plan] preprocessing (resampling to {list(plan.target_spacing)} mm or "
+                f"the crop to the non-zero region) would remove label(s) {lost}",
+            )
+    shape = tuple(int(n) for n in out_image.shape[1:])
+    if any(n > s for n, s in zip(shape, size, strict=True)):
+        raise CaseProblem(
+            where,
+            f"after [run.plan] preprocessing the image is {list(shape)} voxels, larger than "
+            f"the plan's spatial_size {list(size)}: the plan does not fit this site's "
+            "images (re-plan with this site's fingerprint)",
+        )
+    return _pad(_normalise(out_image, plan), out_label, size)
+
+
+def _pad(
+    image: np.ndarray, label: np.ndarray | None, size: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Image and label padded (centred, with 0) to `size`."""
+    import torch
+    from monai.transforms import SpatialPad
+    from monai.utils import convert_to_numpy
+
+    pad = SpatialPad(spatial_size=size, value=0)
+    out = np.ascontiguousarray(convert_to_numpy(pad(torch.as_tensor(image))), dtype=np.float32)
+    if label is None:
+        return out, None
+    return out, np.ascontiguousarray(
+        convert_to_numpy(pad(torch.as_tensor(label[None])))[0], dtype=np.int64
+    )
+
+
+def _nonzero(array: Any) -> Any:
+    """CropForeground's selector: any non-zero voxel (in any channel)."""
+    return array != 0

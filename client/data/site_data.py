@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from consortia.common.config.plan_settings import PlanSettings
 from consortia.common.config.settings import Task
 from consortia.common.errors import DataError
 from consortia.common.files import sha256_file
@@ -27,10 +28,12 @@ SPLITS = ("train", "val", "test")
 class SiteArrays:
     """Images as float32 (N, C, *spatial); targets as int64 masks (N, *spatial) or class
     labels (N,). Legacy npz images are in [0, 1]; manifest data sets keep intensities as
-    read (the trainer normalises each image)."""
+    read (the trainer normalises each image), or are preprocessed by the run's `plan`
+    (then at its `spatial_size` and `target_spacing`, which evaluation uses)."""
 
     images: np.ndarray
     targets: np.ndarray
+    plan: PlanSettings | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

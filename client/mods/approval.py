@@ -15,6 +15,7 @@ from collections.abc import Callable
 from flwr.app import Context, Error, Message
 
 from consortia.client.node.audit import node_audit_for
+from consortia.client.node.study_fit import study_refusals
 from consortia.client.secure_aggregation.handlers import plain_update_refusal
 from consortia.client.site_context import is_simulated, site_settings
 from consortia.common.audit.approvals import ApprovalStore, RunNotApprovedError
@@ -70,6 +71,9 @@ def _check(
     )
     if refusal is not None:
         return refusal
+    unfit = study_refusals(settings, site, name_files=False)  # as `node approve` checks
+    if unfit:
+        return "the study does not fit this site: " + "; ".join(unfit)
     config = msg.content.config_records.get(rk.CONFIG_KEY)
     claimed = config.get(rk.CFG_APP_HASH) if config is not None else None
     if isinstance(claimed, str) and claimed and claimed != identity.app_hash:

@@ -8,6 +8,10 @@ The modules, one concept each:
 - ``cli``: `consortia privacy plan RUN.toml --site-config SITE.toml`: what a study's DP-SGD will
   cost this site, and whether it is likely to learn, before any budget is spent.
 - ``dp_engine``: One DP-SGD step, with the per-example clipping engine chosen per model.
+- ``dp_recipe``: The DP training recipe's parts that change no privacy accounting: the parameter
+  subset a site fine-tunes, the weights' exponential moving average it sends, and the DP rounds'
+  optimiser (`[run.privacy.recipe]`,
+  `consortia.common.config.privacy_settings.DPRecipeSettings`).
 - ``dp_training``: DP-SGD local training with Opacus: the training hook, kept apart from the
   privacy math (`consortia.common.privacy.accounting`) and the bookkeeping
   (`consortia.common.privacy.ledger`).
@@ -47,6 +51,9 @@ if TYPE_CHECKING:
         GRAD_SAMPLE_MODES as GRAD_SAMPLE_MODES,
     )
     from consortia.client.privacy.dp_engine import (
+        Prepare as Prepare,
+    )
+    from consortia.client.privacy.dp_engine import (
         PrivateStep as PrivateStep,
     )
     from consortia.client.privacy.dp_engine import (
@@ -54,6 +61,18 @@ if TYPE_CHECKING:
     )
     from consortia.client.privacy.dp_engine import (
         resolve_mode as resolve_mode,
+    )
+    from consortia.client.privacy.dp_recipe import (
+        WeightAverage as WeightAverage,
+    )
+    from consortia.client.privacy.dp_recipe import (
+        dp_optimiser as dp_optimiser,
+    )
+    from consortia.client.privacy.dp_recipe import (
+        frozen_except as frozen_except,
+    )
+    from consortia.client.privacy.dp_recipe import (
+        parameter_group as parameter_group,
     )
     from consortia.client.privacy.dp_training import (
         DPRound as DPRound,
@@ -98,14 +117,19 @@ __all__ = [
     "EvaluationRefusedError",
     "FusedClipper",
     "GradSampleMode",
+    "Prepare",
     "PrivacyBudget",
     "PrivacyRefusedError",
     "PrivateStep",
     "RoundRequest",
     "Strategy",
     "UnsupportedModelError",
+    "WeightAverage",
+    "dp_optimiser",
+    "frozen_except",
     "make_private_step",
     "open_ledger",
+    "parameter_group",
     "plan_round",
     "record_round",
     "resolve_mode",
@@ -123,14 +147,19 @@ _EXPORTS = {
     "FusedClipper": "per_sample_clipping",
     "GRAD_SAMPLE_MODES": "dp_engine",
     "GradSampleMode": "dp_training",
+    "Prepare": "dp_engine",
     "PrivacyBudget": "budget",
     "PrivacyRefusedError": "budget",
     "PrivateStep": "dp_engine",
     "RoundRequest": "budget",
     "Strategy": "per_sample_clipping",
     "UnsupportedModelError": "per_sample_clipping",
+    "WeightAverage": "dp_recipe",
+    "dp_optimiser": "dp_recipe",
+    "frozen_except": "dp_recipe",
     "make_private_step": "dp_engine",
     "open_ledger": "budget",
+    "parameter_group": "dp_recipe",
     "plan_round": "budget",
     "record_round": "budget",
     "resolve_mode": "dp_engine",

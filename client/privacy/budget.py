@@ -266,7 +266,7 @@ def plan_round(
             raise PrivacyRefusedError("this site trains only with differential privacy (DP-SGD)")
         return None
     _check_policy(policy, settings, num_examples)
-    plan = poisson_plan(num_examples, request.batch_size)
+    plan = poisson_plan(num_examples, settings.recipe.logical_batch_size(request.batch_size))
     sigma = _noise(policy, request, plan, num_examples)
     history = ledger.history()
     step = (sigma, plan.sample_rate, plan.steps(request.local_epochs))
@@ -279,6 +279,7 @@ def plan_round(
         accountant=settings.accountant,
         history=tuple(history),
         run_history=tuple(ledger.history(request.run_id)),
+        recipe=settings.recipe,
     )
 
 

@@ -22,6 +22,14 @@ sum of the clipped per-example gradients:
 ``"auto"``
     ``"fused"`` when every trainable layer has a rule there, else ``"hooks"``.
 
+A step may be *virtual* (:meth:`PrivateStep.logical_step`): the Poisson-sampled logical
+batch is computed in micro-batches whose clipped sums Opacus' optimizer accumulates
+(``signal_skip_step``, as Opacus' ``BatchMemoryManager`` does), then one noise draw, one
+division by the expected logical batch, one update and one accountant step. With
+augmentation multiplicity K every example comes as K consecutive rows whose gradients are
+averaged before clipping (the fused engine groups them, Opacus' engines average the
+per-example gradients they formed).
+
 Every engine clips the *full* per-example gradient to ``max_grad_norm`` (flat clipping)
 and adds noise of standard deviation ``noise_multiplier * max_grad_norm``; the guarantee
 and its accounting do not depend on the choice.
@@ -43,7 +51,7 @@ from torch.utils.data import DataLoader
 
 from consortia.client.privacy.per_sample_clipping import FusedClipper, unsupported_layers
 
-__all__ = ["GRAD_SAMPLE_MODES", "PrivateStep", "make_private_step", "resolve_mode"]
+__all__ = ["GRAD_SAMPLE_MODES", "Prepare", "PrivateStep", "make_private_step", "resolve_mode"]
 
 #: Accepted values of ``grad_sample_mode``.
 GRAD_SAMPLE_MODES = ("auto", "fused", "hooks", "functorch", "ew", "ghost")
@@ -51,6 +59,9 @@ _OPACUS_ATTRIBUTES = ("grad_sample", "_forward_counter", "_current_grad_sample",
 _OPACUS_MODULE_ATTRIBUTES = ("activations", "max_batch_len", "ft_compute_sample_grad")
 
 Autocast = Callable[[], contextlib.AbstractContextManager[Any]]
+#: A micro-batch of sampled examples -> the rows the model sees (K augmented copies of
+#: each example, consecutive, on the training device).
+Prepare = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def resolve_mode(model: nn.Module, mode: str) -> str:
@@ -90,15 +101,62 @@ class PrivateStep:
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> float | None:
         """One step on a (Poisson-sampled) batch; returns its loss, or None if it was empty
         (an empty batch still takes a noise-only step: the accountant counts it)."""
+        return self.logical_step(images, targets, examples_per_chunk=max(1, len(images)))
+
+    def logical_step(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        examples_per_chunk: int,
+        group: int = 1,
+        prepare: Prepare | None = None,
+    ) -> float | None:
+        """One DP-SGD step on a Poisson-sampled logical batch, computed in micro-batches
+        of at most `examples_per_chunk` examples, each turned into `group` rows per example
+        by `prepare`: the clipped sums add up, then one noise draw, one update, one
+        accountant step. Returns the mean loss, or None for an empty batch (which still
+        takes its noise-only step)."""
+        if examples_per_chunk < 1 or group < 1:
+            raise ValueError("examples_per_chunk and group must be positive")
         self.optimizer.zero_grad(set_to_none=True)
-        if images.shape[0] == 0:
+        count = images.shape[0]
+        if count == 0:
             self._empty_step()
             return None
+        total, rows = 0.0, 0
+        for start in range(0, count, examples_per_chunk):
+            chunk = images[start : start + examples_per_chunk]
+            labels = targets[start : start + examples_per_chunk]
+            batch, batch_targets = prepare(chunk, labels) if prepare else (chunk, labels)
+            if batch.shape[0] != chunk.shape[0] * group:
+                raise ValueError(
+                    f"prepare returned {batch.shape[0]} rows for {chunk.shape[0]} examples "
+                    f"of {group} copies"
+                )
+            total += self._accumulate(batch, batch_targets, group) * batch.shape[0]
+            rows += batch.shape[0]
+            last = start + examples_per_chunk >= count
+            if not last:  # clip and add up only: no noise, no update, no accountant step
+                self.optimizer.signal_skip_step(do_skip=True)
+            self.optimizer.step()
+            if not last:
+                self.optimizer.zero_grad(set_to_none=True)
+        return total / rows
+
+    def _accumulate(self, images: torch.Tensor, targets: torch.Tensor, group: int) -> float:
+        """Forward and backward one micro-batch: its clipped per-example gradients (an
+        example's gradient: the mean over its `group` rows) ready for the optimizer."""
         if self._clipper is not None:
             with self._autocast():
-                loss = self._clipper.step(images, lambda out: self._criterion(out, targets))
-            self.optimizer.step()
-            return loss
+                return self._clipper.step(
+                    images, lambda out: self._criterion(out, targets), group=group
+                )
+        if group > 1 and self.mode == "ghost":
+            raise ValueError(
+                "augmentation multiplicity needs per-example gradients; Opacus' ghost "
+                "clipping forms none: use grad_sample_mode 'fused' or 'hooks'"
+            )
         result = self._criterion(self._wrapped(images), targets)
         if self.mode == "ghost":
             per_example = result.loss_per_sample
@@ -112,7 +170,12 @@ class PrivateStep:
             # The input needs no gradient; Opacus' hooks fire as intended.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             result.backward()
-        self.optimizer.step()
+        if group > 1:
+            for parameter in self.optimizer.params:
+                rows = getattr(parameter, "grad_sample", None)
+                if isinstance(rows, torch.Tensor):
+                    examples = rows.reshape(rows.shape[0] // group, group, *rows.shape[1:])
+                    parameter.grad_sample = examples.mean(dim=1)
         return float(result.detach())
 
     def _empty_step(self) -> None:

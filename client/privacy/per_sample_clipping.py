@@ -33,6 +33,13 @@ et al., 2023):
   ``sum_i c_i g_i`` (a weighted matrix product, or a weighted sum of the per-example
   gradients already formed).
 
+Augmentation multiplicity: with ``group = K`` the batch holds K consecutive rows (augmented
+copies) per example, and an example's gradient is the *mean* over its K rows, clipped
+once. Each rule then sums its rows' factors per example before any norm: formed
+per-example gradients are added up per group, and for the ghost norm the group's K x T
+positions are put side by side (``sum_k L_k R_k^T = [L_1 .. L_K][R_1 .. R_K]^T``), so the
+norm is again exact.
+
 Only layers with a rule here may have trainable weights; :func:`unsupported_layers` names
 the others (the caller then uses Opacus). Like Opacus' ``loss_reduction="mean"``, the loss
 must be the mean over the batch of per-example losses, and no layer may mix examples
@@ -57,7 +64,7 @@ __all__ = ["FusedClipper", "Strategy", "UnsupportedModelError", "unsupported_lay
 
 #: Summer: clip factors (n,) -> sum over examples of the clipped per-example gradients.
 _Summer = Callable[[torch.Tensor], dict[nn.Parameter, torch.Tensor]]
-_Rule = Callable[[Any, torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, _Summer]]
+_Rule = Callable[[Any, torch.Tensor, torch.Tensor, bool, int], tuple[torch.Tensor, _Summer]]
 Strategy = Literal["auto", "ghost", "formed"]
 
 _CONVS = (nn.Conv2d, nn.Conv3d)
@@ -126,6 +133,28 @@ def _geometry(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tuple[int,
     return 0, 0, 0
 
 
+def _group_sum(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, ...) per-row values -> (n / k, ...) sums over each example's k rows."""
+    if k == 1:
+        return rows
+    return rows.reshape(rows.shape[0] // k, k, *rows.shape[1:]).sum(dim=1)
+
+
+def _group_positions(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, L, T) -> (n / k, L, k * T): an example's k rows side by side, so that
+    ``left @ right^T`` of the result is the sum of its rows' products."""
+    if k == 1:
+        return rows
+    n, size, positions = rows.shape
+    grouped = rows.reshape(n // k, k, size, positions).permute(0, 2, 1, 3)
+    return grouped.reshape(n // k, size, k * positions)
+
+
+def _row_factors(clip: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-example factors (m,) -> per-row factors (m * k,)."""
+    return clip if k == 1 else clip.repeat_interleave(k)
+
+
 def _gram_norms(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """Squared Frobenius norms of left_i @ right_i^T, i.e. <L^T L, R^T R>, without it."""
     gram_l = torch.bmm(left.transpose(1, 2), left)
@@ -134,12 +163,13 @@ def _gram_norms(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 
 
 def _bias_rule(
-    bias: nn.Parameter | None, grads: torch.Tensor
+    bias: nn.Parameter | None, grads: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, dict[nn.Parameter, torch.Tensor]]:
-    """Per-example bias gradients (n, O) from output gradients (n, O, ...)."""
+    """Per-example bias gradients (n / k, O) from output gradients (n, O, ...)."""
     if bias is None or not bias.requires_grad:
-        return grads.new_zeros(grads.shape[0]), {}
-    per_example = grads.reshape(grads.shape[0], grads.shape[1], -1).sum(dim=2)
+        return grads.new_zeros(grads.shape[0] // k), {}
+    rows = grads.reshape(grads.shape[0], grads.shape[1], -1).sum(dim=2)
+    per_example = _group_sum(rows, k)
     return per_example.square().sum(dim=1), {bias: per_example}
 
 
@@ -195,7 +225,7 @@ def _weight_gradient(
 
 
 def _conv_rule(
-    conv: Any, a: torch.Tensor, b: torch.Tensor, ghost: bool
+    conv: Any, a: torch.Tensor, b: torch.Tensor, ghost: bool, k: int
 ) -> tuple[torch.Tensor, _Summer]:
     """Conv2d/3d and ConvTranspose2d/3d (groups=1). The weight gradient of one example is
     M = L R^T over the T output positions; for a convolution L = b (O, T) and R = the input
@@ -204,7 +234,7 @@ def _conv_rule(
     n = a.shape[0]
     transposed = isinstance(conv, _TRANSPOSED)
     left_size = a.shape[1] if transposed else b.shape[1]
-    bias_squared, per_example = _bias_rule(conv.bias, b)
+    bias_squared, per_example = _bias_rule(conv.bias, b, k)
     weight: nn.Parameter = conv.weight
     if not weight.requires_grad:
         return bias_squared, lambda clip: _weighted_per_example(clip, per_example)
@@ -216,12 +246,12 @@ def _conv_rule(
             left, right = b.reshape(n, left_size, -1), _unfold(a, conv)
         if left.shape[2] != right.shape[2]:
             raise UnsupportedModelError(f"{type(conv).__name__}: unexpected geometry")
-        squared = _gram_norms(left, right)
+        squared = _gram_norms(_group_positions(left, k), _group_positions(right, k))
         del left, right
 
         def weighted(clip: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
             result = _weighted_per_example(clip, per_example)
-            scaled = b * clip.view(n, *([1] * (b.ndim - 1)))
+            scaled = b * _row_factors(clip, k).view(n, *([1] * (b.ndim - 1)))
             result[weight] = _weight_gradient(conv, a, scaled, 1, tuple(weight.shape))
             return result
 
@@ -229,38 +259,40 @@ def _conv_rule(
     # Form every example's weight gradient: one grouped weight-gradient kernel.
     folded_a = a.reshape(1, -1, *a.shape[2:])
     folded_b = b.reshape(1, -1, *b.shape[2:])
-    per_example[weight] = _weight_gradient(conv, folded_a, folded_b, n, (n, *weight.shape))
-    squared = per_example[weight].reshape(n, -1).square().sum(dim=1)
+    formed = _weight_gradient(conv, folded_a, folded_b, n, (n, *weight.shape))
+    per_example[weight] = _group_sum(formed, k)
+    squared = per_example[weight].reshape(n // k, -1).square().sum(dim=1)
     return squared + bias_squared, lambda clip: _weighted_per_example(clip, per_example)
 
 
 def _linear_rule(
-    linear: Any, a: torch.Tensor, b: torch.Tensor, ghost: bool
+    linear: Any, a: torch.Tensor, b: torch.Tensor, ghost: bool, k: int
 ) -> tuple[torch.Tensor, _Summer]:
     """Linear layers, also over extra (e.g. sequence) dimensions: M = b^T a per example."""
     n = a.shape[0]
     inputs = a.reshape(n, -1, a.shape[-1]).transpose(1, 2)  # (n, in, T)
     outputs = b.reshape(n, -1, b.shape[-1]).transpose(1, 2)  # (n, out, T)
-    bias_squared, per_example = _bias_rule(linear.bias, outputs)
+    bias_squared, per_example = _bias_rule(linear.bias, outputs, k)
     weight: nn.Parameter = linear.weight
     if not weight.requires_grad:
         return bias_squared, lambda clip: _weighted_per_example(clip, per_example)
     if ghost:
-        squared = _gram_norms(outputs, inputs)
+        squared = _gram_norms(_group_positions(outputs, k), _group_positions(inputs, k))
 
         def weighted(clip: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
             result = _weighted_per_example(clip, per_example)
-            result[weight] = torch.einsum("not,nit->oi", outputs * clip.view(n, 1, 1), inputs)
+            factors = _row_factors(clip, k).view(n, 1, 1)
+            result[weight] = torch.einsum("not,nit->oi", outputs * factors, inputs)
             return result
 
         return squared + bias_squared, weighted
-    per_example[weight] = torch.bmm(outputs, inputs.transpose(1, 2))
-    squared = per_example[weight].reshape(n, -1).square().sum(dim=1)
+    per_example[weight] = _group_sum(torch.bmm(outputs, inputs.transpose(1, 2)), k)
+    squared = per_example[weight].reshape(n // k, -1).square().sum(dim=1)
     return squared + bias_squared, lambda clip: _weighted_per_example(clip, per_example)
 
 
 def _norm_rule(
-    norm: Any, a: torch.Tensor, b: torch.Tensor, ghost: bool
+    norm: Any, a: torch.Tensor, b: torch.Tensor, ghost: bool, k: int
 ) -> tuple[torch.Tensor, _Summer]:
     """GroupNorm / InstanceNorm: weight gradient sum_positions(x_hat * b), bias sum(b)
     (one value per channel: always formed, `ghost` is ignored)."""
@@ -272,10 +304,11 @@ def _norm_rule(
             normalised = F.group_norm(a, norm.num_groups, eps=norm.eps)
         else:
             normalised = F.instance_norm(a, eps=norm.eps)
-        per_example[norm.weight] = (normalised * b).reshape(n, b.shape[1], -1).sum(dim=2)
+        rows = (normalised * b).reshape(n, b.shape[1], -1).sum(dim=2)
+        per_example[norm.weight] = _group_sum(rows, k)
     if norm.bias is not None and norm.bias.requires_grad:
-        per_example[norm.bias] = b.reshape(n, b.shape[1], -1).sum(dim=2)
-    squared = sum((g.square().sum(dim=1) for g in per_example.values()), start=a.new_zeros(n))
+        per_example[norm.bias] = _group_sum(b.reshape(n, b.shape[1], -1).sum(dim=2), k)
+    squared = sum((g.square().sum(dim=1) for g in per_example.values()), start=a.new_zeros(n // k))
 
     def summed(clip: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
         return _weighted_per_example(clip, per_example)
@@ -328,7 +361,7 @@ class FusedClipper:
         self.model = model
         self.max_grad_norm = float(max_grad_norm)
         self.strategy = strategy
-        self._timed: dict[tuple[nn.Module, tuple[int, ...]], bool] = {}
+        self._timed: dict[tuple[nn.Module, tuple[int, ...], int], bool] = {}
         self.per_sample_norms: torch.Tensor | None = None
         self._layers = [m for m in model.modules() if _trainable(m)]
         self._parameters = [p for m in self._layers for p in _trainable(m)]
@@ -378,27 +411,37 @@ class FusedClipper:
             for parameter in self._parameters:
                 parameter.requires_grad_(True)
 
-    def step(self, inputs: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor]) -> float:
-        """Forward `inputs`, ``loss = loss_of(outputs)`` (the batch mean of per-example
+    def step(
+        self,
+        inputs: torch.Tensor,
+        loss_of: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        group: int = 1,
+    ) -> float:
+        """Forward `inputs`, ``loss = loss_of(outputs)`` (the batch mean of per-row
         losses), backward, and leave ``sum_i c_i g_i`` in every trainable ``p.grad``
-        (replacing what was there). Returns the loss."""
+        (replacing what was there). With `group` = K, every K consecutive rows are copies
+        of one example and g_i is the mean of their gradients. Returns the loss."""
         n = inputs.shape[0]
         if n == 0:
             raise ValueError("an empty batch has no per-example gradients")
+        if group < 1 or n % group:
+            raise ValueError(f"a batch of {n} rows is not made of groups of {group} copies")
         try:
             with self._frozen():
                 loss = loss_of(self.model(inputs.detach().requires_grad_(True)))
                 loss.backward()
-            self._clip(n)
+            self._clip(n, group)
         finally:
             self._inputs.clear()
             self._grads.clear()
         return float(loss.detach())
 
-    def _clip(self, n: int) -> None:
+    def _clip(self, n: int, k: int) -> None:
         first = self._parameters[0]
         device, dtype = first.device, torch.promote_types(first.dtype, torch.float32)
-        squared = torch.zeros(n, device=device, dtype=dtype)
+        examples = n // k
+        squared = torch.zeros(examples, device=device, dtype=dtype)
         summers: list[_Summer] = []
         with _full_precision(device), torch.no_grad():
             for module in self._layers:
@@ -406,45 +449,48 @@ class FusedClipper:
                 if grad is None:  # not reached by the loss: zero gradient for every example
                     continue
                 a, b = self._inputs[module].to(dtype), grad.to(dtype)
-                layer_squared, summer = _rule_for(module)(module, a, b, self._ghost(module, a, b))
+                ghost = self._ghost(module, a, b, k)
+                layer_squared, summer = _rule_for(module)(module, a, b, ghost, k)
                 squared += layer_squared
                 summers.append(summer)
-            # The loss is the batch mean: each example's own gradient is n times what the
-            # rules computed from b (Opacus' loss_reduction="mean" scales the same way).
-            norms = squared.sqrt() * n
+            # The loss is the mean over n = examples * k rows: an example's gradient (the
+            # mean over its k rows) is `examples` times the sum the rules computed from b
+            # (Opacus' loss_reduction="mean" scales the same way).
+            norms = squared.sqrt() * examples
             clip = (self.max_grad_norm / (norms + _EPS)).clamp(max=1.0)
             for parameter in self._parameters:
                 parameter.grad = torch.zeros_like(parameter)
             for summer in summers:
-                for parameter, total in summer(clip * n).items():
+                for parameter, total in summer(clip * examples).items():
                     parameter.grad = total.to(parameter.dtype)
         self.per_sample_norms = norms
 
-    def _ghost(self, module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> bool:
+    def _ghost(self, module: nn.Module, a: torch.Tensor, b: torch.Tensor, k: int) -> bool:
         """Ghost norm (True) or formed per-example gradients (False) for this layer."""
         if self.strategy != "auto":
             return self.strategy == "ghost"
         positions, left, right = _geometry(module, a, b)
         if not positions:
             return False
-        ratio = positions * (left + right) / (left * right)
+        ratio = k * positions * (left + right) / (left * right)  # an example's k rows
         if ratio < _TIMED_BAND[0] or ratio >= _TIMED_BAND[1]:
             return ratio < _TIMED_BAND[0]
-        key = (module, tuple(a.shape))
+        key = (module, tuple(a.shape), k)
         if key not in self._timed:
-            self._timed[key] = _ghost_is_faster(module, a, b)
+            self._timed[key] = _ghost_is_faster(module, a, b, k)
         return self._timed[key]
 
 
-def _ghost_is_faster(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> bool:
+def _ghost_is_faster(module: nn.Module, a: torch.Tensor, b: torch.Tensor, k: int) -> bool:
     """Time both exact computations for this layer (best of two runs each)."""
-    rule, probe = _rule_for(module), torch.ones(a.shape[0], device=a.device, dtype=a.dtype)
+    rule = _rule_for(module)
+    probe = torch.ones(a.shape[0] // k, device=a.device, dtype=a.dtype)
     best = {True: math.inf, False: math.inf}
     for _ in range(2):
         for ghost in (True, False):
             _synchronize(a.device)
             started = time.perf_counter()
-            _, summer = rule(module, a, b, ghost)
+            _, summer = rule(module, a, b, ghost, k)
             summer(probe)
             _synchronize(a.device)
             best[ghost] = min(best[ghost], time.perf_counter() - started)

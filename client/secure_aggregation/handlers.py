@@ -25,6 +25,7 @@ Against a server that does not follow the protocol (issue 19):
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from consortia.common.secure_aggregation.config import SecAggConfig, SecAggError
 from consortia.common.secure_aggregation.roster import (
     KeyAdvert,
     max_session_sites,
+    roster_refusal,
     secure_required,
     session_minimum,
     sign_session_keys,
@@ -70,6 +72,8 @@ __all__ = [
 
 _FROM_SERVER = "the server"
 
+logger = logging.getLogger("consortia.client")
+
 
 def _save(context: Context, client: SecAggClient) -> None:
     context.state[rk.SECAGG_STATE_KEY] = ConfigRecord(client.to_state())
@@ -97,6 +101,9 @@ def _check_session(config: SecAggConfig, settings: RunSettings) -> None:
     server must not lower the threshold, change the clipping range or the neighbours, or
     run a session too small for the sum to hide anyone (or, with a roster, larger than
     the roster's training sites)."""
+    refusal = roster_refusal(settings)
+    if refusal is not None:  # F2: Sybils cannot be told apart without a roster
+        raise SecAggError(f"session refused: {refusal}")
     secure = settings.secure_aggregation
     n = len(config.participants)
     minimum, most = session_minimum(settings), max_session_sites(settings)
@@ -135,6 +142,13 @@ def secagg_keys(msg: Message, context: Context) -> Message:
     _check_session(config, settings)
     site = site_settings(context)
     approved = config_hash(settings)
+    if not settings.sites:
+        logger.warning(
+            "secure-aggregation session %d without a roster: the other participants "
+            "cannot be checked (a server running nodes of its own could read this "
+            "site's update; docs/secure-aggregation.md)",
+            config.session,
+        )
     client, public_keys = SecAggClient.start(config, context.node_id)
     SecureRecord(site.state_path, approved).note_session(config.session)
     _save(context, client)

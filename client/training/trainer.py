@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -23,7 +25,9 @@ from torch.utils.hooks import RemovableHandle
 
 from consortia.client.data.site_data import SiteArrays
 from consortia.client.training.augment import BatchAugmenter
+from consortia.client.training.classification_recipe import class_weighted_loss
 from consortia.common.config.lr_schedule import Schedule
+from consortia.common.config.plan_settings import PlanSettings
 from consortia.common.config.settings import Task, TrainingSettings
 from consortia.common.metrics.bootstrap import segmentation_replicates
 from consortia.common.metrics.exact import (
@@ -83,11 +87,16 @@ def prewarm() -> None:
         loss_function(task)
 
 
-def loss_function(task: Task) -> nn.Module:
-    """The training loss of a task (a mean over the batch, as DP-SGD requires)."""
+def loss_function(task: Task, *, batch_dice: bool = False) -> nn.Module:
+    """The training loss of a task: a mean over the batch of per-example losses, as
+    DP-SGD requires. `batch_dice` (without DP only) takes the Dice term over the whole
+    batch instead, so a case without foreground still pulls false positives down; it
+    couples the examples of a batch, which DP-SGD's per-example clipping cannot bound."""
     if task is Task.SEGMENTATION:
         # Background excluded from the Dice term: lesions cover a few % of the pixels.
-        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        return DiceCELoss(
+            to_onehot_y=True, softmax=True, include_background=False, batch=batch_dice
+        )
     return nn.CrossEntropyLoss()
 
 
@@ -145,6 +154,9 @@ class RoundRecipe:
     weight_decay: float = 0.0
     augment: bool = False
     flip_axes: tuple[int, ...] = ()
+    class_weights: str = "none"
+    # The approved `[run.plan]`: patch training and spatial augmentation (None: whole images).
+    plan: PlanSettings | None = None
 
     @classmethod
     def constant(cls, learning_rate: float) -> RoundRecipe:
@@ -153,9 +165,14 @@ class RoundRecipe:
 
     @classmethod
     def for_round(
-        cls, training: TrainingSettings, round_number: int, total_rounds: int
+        cls,
+        training: TrainingSettings,
+        round_number: int,
+        total_rounds: int,
+        plan: PlanSettings | None = None,
     ) -> RoundRecipe:
-        """The optimiser the approved `training` settings give round `round_number`."""
+        """The optimiser the approved `training` settings give round `round_number`, with
+        the run's `plan` (patches and spatial augmentation) when it has one."""
         schedule = Schedule(
             training.learning_rate,
             training.schedule,
@@ -171,11 +188,29 @@ class RoundRecipe:
             weight_decay=training.weight_decay,
             augment=training.augment,
             flip_axes=tuple(training.flip_axes),
+            class_weights=training.class_weights,
+            plan=plan,
         )
 
     def augmenter(self, seed: int) -> BatchAugmenter:
         """The round's random augmentation (inactive when the recipe asks for none)."""
-        return BatchAugmenter(intensity=self.augment, flip_axes=self.flip_axes, seed=seed)
+        plan = self.plan
+        return BatchAugmenter(
+            intensity=self.augment,
+            flip_axes=self.flip_axes,
+            seed=seed,
+            patch_size=None if plan is None else plan.patch_size,
+            foreground_ratio=0.33 if plan is None else plan.foreground_ratio,
+            spatial=plan is not None and plan.spatial_augment,
+        )
+
+    def loss(self, task: Task, data: SiteArrays) -> nn.Module:
+        """The round's loss (training without DP): `loss_function(task)` with the Dice
+        term over the whole batch, class-weighted by the site's own training labels with
+        `class_weights = "balanced"` (the weights never leave the site)."""
+        if task is Task.CLASSIFICATION and self.class_weights == "balanced":
+            return class_weighted_loss(data.targets)
+        return loss_function(task, batch_dice=True)
 
     def build(self, model: nn.Module) -> torch.optim.Optimizer:
         """A fresh optimiser over `model`'s parameters at the round's first rate."""
@@ -234,7 +269,7 @@ def train_local(
     plan = recipe or RoundRecipe.constant(learning_rate)
     optimizer = plan.build(model)
     ProximalTerm(model, proximal_mu).attach(optimizer)  # on the weights of the round start
-    loss_fn = loss_function(task)
+    loss_fn = plan.loss(task, data)
     loader = _loader(data, batch_size, shuffle=True, seed=seed)
     steps = epochs * len(loader)
     augment = plan.augmenter(seed)
@@ -261,6 +296,27 @@ def train_local(
     return TrainResult(len(data), total_loss / max(batches, 1), compute_s)
 
 
+def _inferer(plan: PlanSettings | None) -> Callable[[torch.Tensor, nn.Module], torch.Tensor]:
+    """Whole-image inference: MONAI's sliding window over windows of the plan's patch
+    size (Gaussian-weighted overlaps), or one forward pass without a plan."""
+    if plan is None:
+        return lambda images, model: model(images)
+    inferer = SlidingWindowInferer(
+        roi_size=plan.patch_size,
+        sw_batch_size=4,
+        overlap=plan.sliding_window_overlap,
+        mode="gaussian",
+    )
+
+    def _infer(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        logits = inferer(images, model)
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError("the model must return one tensor of logits")
+        return logits
+
+    return _infer
+
+
 @torch.no_grad()
 def evaluate_local(
     model: nn.Module,
@@ -279,12 +335,16 @@ def evaluate_local(
     start = time.perf_counter()
     loader = _loader(data, batch_size, shuffle=False, seed=0)
     if task is Task.SEGMENTATION:
+        plan = data.plan
         seg = SegmentationMetricAccumulator(
-            num_classes=num_classes, surface_distances=surface_distances
+            num_classes=num_classes,
+            surface_distances=surface_distances,
+            spacing=None if plan is None else tuple(plan.target_spacing),
         )
+        infer = _inferer(plan)
         for images, targets in loader:
             with autocast(device):
-                logits = model(normalize_images(images.to(device)))
+                logits = infer(normalize_images(images.to(device)), model)
             seg.update(logits.float().argmax(dim=1).cpu(), targets)
         replicates = segmentation_replicates(seg.case_values()) if bootstrap else {}
         return EvalResult(seg.summary(), {}, time.perf_counter() - start, replicates)

@@ -9,6 +9,8 @@ The modules, one concept each:
 - ``log``: Append-only, hash-chained audit logs in JSON lines, timestamps in UTC.
 - ``provenance``: A run's signed provenance: who took part, with what data, settings and code,
   which global model each round produced, and where the run's audit log ended.
+- ``rotation``: Key and certificate rotation for the auditor: which server certificate or site
+  key may have signed a provenance at its signing time (red-team F8).
 """
 
 from typing import TYPE_CHECKING
@@ -167,6 +169,9 @@ if TYPE_CHECKING:
         ProvenanceError as ProvenanceError,
     )
     from consortia.common.audit.provenance import (
+        SiteKeys as SiteKeys,
+    )
+    from consortia.common.audit.provenance import (
         canonical_provenance as canonical_provenance,
     )
     from consortia.common.audit.provenance import (
@@ -189,6 +194,15 @@ if TYPE_CHECKING:
     )
     from consortia.common.audit.provenance import (
         write_provenance as write_provenance,
+    )
+    from consortia.common.audit.rotation import (
+        KeyPeriod as KeyPeriod,
+    )
+    from consortia.common.audit.rotation import (
+        server_rotation_problems as server_rotation_problems,
+    )
+    from consortia.common.audit.rotation import (
+        site_rotation_problems as site_rotation_problems,
     )
 
 __all__ = [
@@ -230,9 +244,11 @@ __all__ = [
     "AuditLogError",
     "AuditReport",
     "ChainChecker",
+    "KeyPeriod",
     "Provenance",
     "ProvenanceError",
     "RunNotApprovedError",
+    "SiteKeys",
     "audit_hashes",
     "canonical_provenance",
     "countersign",
@@ -242,9 +258,11 @@ __all__ = [
     "read_audit_log",
     "read_provenance",
     "server_log_label",
+    "server_rotation_problems",
     "shared_lock",
     "short",
     "sign_provenance",
+    "site_rotation_problems",
     "structure_problems",
     "utc_time_problem",
     "verify_audit_log",
@@ -266,6 +284,7 @@ _EXPORTS = {
     "ChainChecker": "check",
     "EVALUATION_SENT": "log",
     "GLOBAL_MODEL": "log",
+    "KeyPeriod": "rotation",
     "LOG_OPENED": "check",
     "NODE_STARTED": "log",
     "PRIVACY_SPENT": "log",
@@ -289,6 +308,7 @@ _EXPORTS = {
     "SITE_LEFT_OUT": "log",
     "SITE_REFUSED": "log",
     "SITE_REJOINED": "log",
+    "SiteKeys": "provenance",
     "TORN_TAIL_SET_ASIDE": "check",
     "UPDATE_RECEIVED": "log",
     "UPDATE_REJECTED": "log",
@@ -303,9 +323,11 @@ _EXPORTS = {
     "read_audit_log": "check",
     "read_provenance": "provenance",
     "server_log_label": "log",
+    "server_rotation_problems": "rotation",
     "shared_lock": "check",
     "short": "check",
     "sign_provenance": "provenance",
+    "site_rotation_problems": "rotation",
     "structure_problems": "provenance",
     "utc_time_problem": "check",
     "verify_audit_log": "check",

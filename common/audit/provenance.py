@@ -22,7 +22,7 @@ import binascii
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,11 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from consortia.common.audit.rotation import (
+    KeyPeriod,
+    server_rotation_problems,
+    site_rotation_problems,
+)
 from consortia.common.errors import ConsortiaError
 from consortia.common.files import write_json_atomic
 
@@ -42,6 +47,7 @@ __all__ = [
     "SIGNATURE_ALGORITHM",
     "Provenance",
     "ProvenanceError",
+    "SiteKeys",
     "canonical_provenance",
     "countersign",
     "provenance_sha256",
@@ -72,6 +78,10 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "secure_aggregation": dict,
     "audit_log": dict,
 }
+
+
+SiteKeys = Mapping[str, ec.EllipticCurvePublicKey | Sequence[KeyPeriod]]
+"""Site name -> its registered public key, or every key it registered (with times)."""
 
 
 class ProvenanceError(ConsortiaError):
@@ -272,7 +282,11 @@ def _verify_one(key: ec.EllipticCurvePublicKey, signature: object, data: bytes) 
 
 
 def _server_problems(
-    entry: Mapping[str, Any], data: bytes, at: datetime, ca_cert: x509.Certificate | None
+    entry: Mapping[str, Any],
+    data: bytes,
+    at: datetime,
+    ca_cert: x509.Certificate | None,
+    server_certs: Sequence[x509.Certificate] | None,
 ) -> list[str]:
     try:
         cert = x509.load_pem_x509_certificate(str(entry.get("certificate")).encode())
@@ -286,6 +300,8 @@ def _server_problems(
         problems.append("server signature: invalid (the provenance was altered after signing)")
     if ca_cert is not None:
         problems.extend(_certificate_problems(cert, ca_cert, at))
+        if server_certs is not None:
+            problems.extend(server_rotation_problems(cert, server_certs, ca_cert, at))
     return problems
 
 
@@ -293,8 +309,9 @@ def _site_problems(
     site: str,
     entry: Mapping[str, Any],
     data: bytes,
-    site_keys: Mapping[str, ec.EllipticCurvePublicKey] | None,
+    site_keys: SiteKeys | None,
     participants: set[str],
+    run_end: datetime,
 ) -> list[str]:
     what = f"countersignature of site {site}"
     try:
@@ -310,8 +327,11 @@ def _site_problems(
         registered = site_keys.get(site)
         if registered is None:
             problems.append(f"{what}: no registered key was given for this site")
-        elif _public_bytes(registered) != _public_bytes(key):
-            problems.append(f"{what}: signed with a key other than the site's registered key")
+        elif isinstance(registered, ec.EllipticCurvePublicKey):
+            if _public_bytes(registered) != _public_bytes(key):
+                problems.append(f"{what}: signed with a key other than the site's registered key")
+        else:  # the site's key history (F8: rotation)
+            problems.extend(site_rotation_problems(site, key, registered, run_end))
     if site not in participants:
         problems.append(f"{what}: the site is not among the run's participants")
     return problems
@@ -321,13 +341,17 @@ def verify_provenance(
     document: Mapping[str, Any],
     *,
     ca_cert: x509.Certificate | None,
-    site_keys: Mapping[str, ec.EllipticCurvePublicKey] | None,
+    site_keys: SiteKeys | None,
+    server_certs: Sequence[x509.Certificate] | None = None,
 ) -> list[str]:
     """Problems with a signed provenance document (empty when every signature holds).
 
     Without `ca_cert` the server signature is only checked against the certificate it
-    carries (integrity, not who signed). With `site_keys` (site -> registered public key)
-    every countersignature must use its site's registered key."""
+    carries (integrity, not who signed). With `site_keys` (site -> registered public key,
+    or the site's key history) every countersignature must use its site's registered key
+    (one not replaced before the run ended). With `ca_cert` and `server_certs` (every
+    certificate the CA issued to the server) the signing certificate must be among them
+    and not yet replaced at signing time (`consortia.common.audit.rotation`)."""
     if not isinstance(document, Mapping):
         return ["the document is not a JSON object"]
     provenance = document.get("provenance")
@@ -352,13 +376,17 @@ def verify_provenance(
         if entry.get("algorithm") != SIGNATURE_ALGORITHM:
             problems.append(f"signature of {signer}: algorithm {entry.get('algorithm')!r}")
         elif signer == "server" and len(servers) == 1:
-            problems.extend(_server_problems(entry, data, _signed_at(provenance), ca_cert))
+            problems.extend(
+                _server_problems(entry, data, _signed_at(provenance), ca_cert, server_certs)
+            )
         elif signer.startswith("site:"):
             site = signer.removeprefix("site:")
             if site in seen:
                 problems.append(f"site {site} countersigned more than once")
             seen.add(site)
-            problems.extend(_site_problems(site, entry, data, site_keys, participants))
+            problems.extend(
+                _site_problems(site, entry, data, site_keys, participants, _signed_at(provenance))
+            )
         elif signer != "server":
             problems.append(f"signature of unknown signer {signer!r}")
     return problems

@@ -6,10 +6,14 @@ The modules, one concept each:
   it).
 - ``lr_schedule``: The learning rate of every local optimiser step, over the whole run (torch-
   free).
-- ``model_settings``: What determines a model's architecture: :class:`ModelSettings`, plain and
-  torch-free.
+- ``model_settings``: What determines a model's architecture (:class:`ModelSettings`) and the
+  approved weights it starts from (:class:`ModelInit`), plain and torch-free.
 - ``names``: Site names where they meet the file system: one check, used wherever a name that a
   node declared (or a coordinator typed) becomes a file or folder name.
+- ``plan_settings``: The preprocessing plan of a segmentation study, `[run.plan]`: part of the
+  approved run config.
+- ``planner``: The segmentation planner: from the sites' fingerprints to a `[run.plan]`, as nnU-
+  Net plans.
 - ``privacy_settings``: Privacy settings: what a run asks for (`[run.privacy]`) and what a site
   allows (`[privacy]` in the site config).
 - ``roster``: A study's roster (`[[run.sites]]`): which sites take part, with which keys and
@@ -59,6 +63,9 @@ if TYPE_CHECKING:
         Architecture as Architecture,
     )
     from consortia.common.config.model_settings import (
+        ModelInit as ModelInit,
+    )
+    from consortia.common.config.model_settings import (
         ModelSettings as ModelSettings,
     )
     from consortia.common.config.model_settings import (
@@ -76,6 +83,33 @@ if TYPE_CHECKING:
     from consortia.common.config.names import (
         site_path as site_path,
     )
+    from consortia.common.config.plan_settings import (
+        ORIENTATION_AXES as ORIENTATION_AXES,
+    )
+    from consortia.common.config.plan_settings import (
+        PlanSettings as PlanSettings,
+    )
+    from consortia.common.config.planner import (
+        EXTENT_ROUNDING_MM as EXTENT_ROUNDING_MM,
+    )
+    from consortia.common.config.planner import (
+        FINGERPRINT_FORMAT as FINGERPRINT_FORMAT,
+    )
+    from consortia.common.config.planner import (
+        Fingerprint as Fingerprint,
+    )
+    from consortia.common.config.planner import (
+        IntensityStats as IntensityStats,
+    )
+    from consortia.common.config.planner import (
+        merge_fingerprints as merge_fingerprints,
+    )
+    from consortia.common.config.planner import (
+        plan_from_fingerprint as plan_from_fingerprint,
+    )
+    from consortia.common.config.planner import (
+        plan_toml as plan_toml,
+    )
     from consortia.common.config.privacy_settings import (
         ACCOUNTANTS as ACCOUNTANTS,
     )
@@ -83,10 +117,19 @@ if TYPE_CHECKING:
         DEFAULT_TARGET_EPSILON as DEFAULT_TARGET_EPSILON,
     )
     from consortia.common.config.privacy_settings import (
+        PARAMETER_GROUPS as PARAMETER_GROUPS,
+    )
+    from consortia.common.config.privacy_settings import (
         Accountant as Accountant,
     )
     from consortia.common.config.privacy_settings import (
         CentralPrivacySettings as CentralPrivacySettings,
+    )
+    from consortia.common.config.privacy_settings import (
+        DPRecipeSettings as DPRecipeSettings,
+    )
+    from consortia.common.config.privacy_settings import (
+        ParameterGroup as ParameterGroup,
     )
     from consortia.common.config.privacy_settings import (
         PrivacyPolicy as PrivacyPolicy,
@@ -178,9 +221,13 @@ __all__ = [
     "DEFAULT_TARGET_EPSILON",
     "DEVICE_ENV",
     "DEVICE_PATTERN",
+    "EXTENT_ROUNDING_MM",
+    "FINGERPRINT_FORMAT",
     "GROUP",
     "INSTANCE",
     "LINEAR_STRATEGIES",
+    "ORIENTATION_AXES",
+    "PARAMETER_GROUPS",
     "POLY_EXPONENT",
     "RESNET_LAYERS",
     "RESNET_PLANES",
@@ -190,12 +237,18 @@ __all__ = [
     "Accountant",
     "Architecture",
     "CentralPrivacySettings",
+    "DPRecipeSettings",
     "DataSettings",
+    "Fingerprint",
+    "IntensityStats",
     "InvalidNameError",
     "ModelConfig",
+    "ModelInit",
     "ModelSettings",
     "NodeSettings",
     "NormKind",
+    "ParameterGroup",
+    "PlanSettings",
     "PrivacyPolicy",
     "ReportSettings",
     "Role",
@@ -218,7 +271,10 @@ __all__ = [
     "format_validation_error",
     "load_run_settings",
     "load_site_settings",
+    "merge_fingerprints",
     "own_entry_refusal",
+    "plan_from_fingerprint",
+    "plan_toml",
     "roster_node_ids",
     "run_settings_from_json",
     "site_fingerprint",
@@ -233,16 +289,26 @@ _EXPORTS = {
     "DEFAULT_TARGET_EPSILON": "privacy_settings",
     "DEVICE_ENV": "device_names",
     "DEVICE_PATTERN": "device_names",
+    "DPRecipeSettings": "privacy_settings",
     "DataSettings": "settings",
+    "EXTENT_ROUNDING_MM": "planner",
+    "FINGERPRINT_FORMAT": "planner",
+    "Fingerprint": "planner",
     "GROUP": "model_settings",
     "INSTANCE": "model_settings",
+    "IntensityStats": "planner",
     "InvalidNameError": "names",
     "LINEAR_STRATEGIES": "strategy_settings",
     "ModelConfig": "settings",
+    "ModelInit": "model_settings",
     "ModelSettings": "model_settings",
     "NodeSettings": "settings",
     "NormKind": "model_settings",
+    "ORIENTATION_AXES": "plan_settings",
+    "PARAMETER_GROUPS": "privacy_settings",
     "POLY_EXPONENT": "lr_schedule",
+    "ParameterGroup": "privacy_settings",
+    "PlanSettings": "plan_settings",
     "PrivacyPolicy": "privacy_settings",
     "RESNET_LAYERS": "model_settings",
     "RESNET_PLANES": "model_settings",
@@ -270,7 +336,10 @@ _EXPORTS = {
     "format_validation_error": "settings",
     "load_run_settings": "settings",
     "load_site_settings": "settings",
+    "merge_fingerprints": "planner",
     "own_entry_refusal": "roster",
+    "plan_from_fingerprint": "planner",
+    "plan_toml": "planner",
     "roster_node_ids": "roster",
     "run_settings_from_json": "settings",
     "site_fingerprint": "roster",

@@ -1,4 +1,5 @@
-"""What determines a model's architecture: :class:`ModelSettings`, plain and torch-free.
+"""What determines a model's architecture (:class:`ModelSettings`) and the approved weights
+it starts from (:class:`ModelInit`), plain and torch-free.
 
 Kept apart from :mod:`consortia.common.networks.models` (the factory, which needs torch and MONAI)
 so that reading and validating a run config, and every command that only does that,
@@ -7,8 +8,14 @@ starts without importing either.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal, get_args
+from pathlib import Path
+from typing import Annotated, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from consortia.common.errors import ConfigError
 
 __all__ = [
     "GROUP",
@@ -17,6 +24,7 @@ __all__ = [
     "RESNET_PLANES",
     "UNET",
     "Architecture",
+    "ModelInit",
     "ModelSettings",
     "NormKind",
 ]
@@ -139,3 +147,48 @@ class ModelSettings:
             raise ValueError(
                 f"norm_groups={self.norm_groups} must divide the ResNet widths {RESNET_PLANES}"
             )
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ModelInit(BaseModel):
+    """`[run.model.init]`: the starting weights of a study, approved with its config.
+
+    `path`: a state-dict checkpoint (`.pt`, as `consortia model pretrain` writes it, or a
+    dict holding it under `"model"` or `"state_dict"`) or an unpacked MONAI bundle folder
+    (its `models/model.pt`); absolute, or relative to the run config file. `sha256`: the
+    SHA-256 of the weights as they travel, the float32 values in the model factory's
+    state-dict order (`consortia model pretrain` and `consortia model hash` print it).
+    Because `sha256` is part of the run config, the config hash every site approves
+    covers it: the server refuses a file whose weights hash otherwise, and each site
+    refuses a round-1 model that is not these weights.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    sha256: str
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not _SHA256.fullmatch(value):
+            raise ValueError(
+                "must be the 64 lowercase hex digits of the weights' SHA-256 (as "
+                "`consortia model pretrain` or `consortia model hash` print it)"
+            )
+        return value
+
+    def location(self, config_dir: Path | None) -> Path:
+        """Where the file is: `path` itself when absolute, else under `config_dir` (the
+        run config's folder); a relative path without that folder is an error."""
+        path = Path(self.path)
+        if path.is_absolute():
+            return path
+        if config_dir is None:
+            raise ConfigError(
+                f"model.init.path {self.path!r} is relative and the run config's folder is "
+                "not known here (give an absolute path)"
+            )
+        return config_dir / path

@@ -11,8 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 __all__ = [
     "ACCOUNTANTS",
     "DEFAULT_TARGET_EPSILON",
+    "PARAMETER_GROUPS",
     "Accountant",
     "CentralPrivacySettings",
+    "DPRecipeSettings",
+    "ParameterGroup",
     "PrivacyPolicy",
     "SamplePrivacySettings",
 ]
@@ -20,10 +23,65 @@ __all__ = [
 Accountant = Literal["rdp", "prv"]
 ACCOUNTANTS: tuple[Accountant, ...] = ("rdp", "prv")
 DEFAULT_TARGET_EPSILON = 8.0
+#: Named parameter subsets a DP recipe may fine-tune alone (`DPRecipeSettings.trainable`):
+#: the normalisation layers' scales and shifts, the U-Net's up-sampling path, and the
+#: last layer (the U-Net's output convolution, the ResNet's classifier).
+ParameterGroup = Literal["norm", "decoder", "head"]
+PARAMETER_GROUPS: tuple[ParameterGroup, ...] = ("norm", "decoder", "head")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DPRecipeSettings(_Strict):
+    """`[run.privacy.recipe]`: how DP-SGD trains, none of which changes its accounting.
+
+    - `batch_size`: the logical batch of one DP-SGD step, i.e. the *expected* Poisson
+      batch (sample rate q = 1 / ceil(N / batch_size)); default: `[run.training]
+      batch_size`. It is computed in micro-batches of at most `physical_batch_size`
+      rows (default: `[run.training] batch_size`), whose clipped sums add up before the
+      one noise draw of the step (virtual batches: memory bounded, accounting exact).
+    - `augmentation_multiplicity` K: every sampled example is augmented K times and its
+      gradient is the mean over its K copies, clipped once (De et al. 2022): same
+      sensitivity, same privacy cost. A micro-batch holds `physical_batch_size` rows,
+      i.e. `physical_batch_size // K` examples.
+    - `ema_decay`: the site sends an exponential moving average of its weights over the
+      round's steps (post-processing: no privacy cost); 0 turns it off.
+    - `trainable`: fine-tune only these parameter groups (`PARAMETER_GROUPS`); empty:
+      the whole network. Frozen weights get no gradient and no noise.
+    - `optimizer`, `learning_rate`: DP rounds' optimiser and base rate, in place of
+      `[run.training]`'s (noisy gradients usually want another rate)."""
+
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    physical_batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None
+    augmentation_multiplicity: Annotated[int, Field(ge=1, le=64)] = 1
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    trainable: tuple[ParameterGroup, ...] = ()
+    optimizer: Literal["adam", "adamw", "sgd"] | None = None
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DPRecipeSettings:
+        if len(set(self.trainable)) != len(self.trainable):
+            raise ValueError(f"trainable names a group twice: {list(self.trainable)}")
+        physical = self.physical_batch_size
+        if physical is not None and physical < self.augmentation_multiplicity:
+            raise ValueError(
+                f"physical_batch_size {physical} is smaller than augmentation_multiplicity "
+                f"{self.augmentation_multiplicity}: a micro-batch must hold all K copies of "
+                "one example"
+            )
+        return self
+
+    def logical_batch_size(self, training_batch_size: int) -> int:
+        """The expected Poisson batch of one DP-SGD step."""
+        return self.batch_size or training_batch_size
+
+    def examples_per_micro_batch(self, training_batch_size: int) -> int:
+        """How many sampled examples (each with its K copies) one micro-batch holds."""
+        rows = self.physical_batch_size or training_batch_size
+        return max(1, rows // self.augmentation_multiplicity)
 
 
 class SamplePrivacySettings(_Strict):
@@ -38,6 +96,7 @@ class SamplePrivacySettings(_Strict):
     noise_multiplier: Annotated[float, Field(gt=0.0, le=1000.0)] | None = None
     max_grad_norm: Annotated[float, Field(gt=0.0, le=1000.0)] = 1.0
     accountant: Accountant = "rdp"
+    recipe: DPRecipeSettings = Field(default_factory=DPRecipeSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -15,10 +15,19 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from consortia.common.config.device_names import DEVICE_PATTERN
-from consortia.common.config.model_settings import ModelSettings
+from consortia.common.config.model_settings import ModelInit, ModelSettings
+from consortia.common.config.plan_settings import PlanSettings
 from consortia.common.config.privacy_settings import (
     CentralPrivacySettings,
     PrivacyPolicy,
@@ -49,6 +58,9 @@ __all__ = [
 
 _M = TypeVar("_M", bound=BaseModel)
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# The run config's folder, beside the settings in the Flower run config (not approved,
+# not hashed): where the server finds a relative `model.init.path` (`RunSettings.to_json`).
+_CONFIG_DIR_KEY = "_config_dir"
 
 
 class Task(StrEnum):
@@ -99,10 +111,12 @@ class ModelConfig(_Strict):
     conv1_kernel: Annotated[int, Field(ge=1, le=11)] = 7
     conv1_stride: Annotated[int, Field(ge=1, le=4)] = 2
     no_max_pool: bool = False
+    # The approved starting weights (`[run.model.init]`); none: the run-seeded model.
+    init: ModelInit | None = None
 
     def to_model_settings(self) -> ModelSettings:
         """The plain arguments of `consortia.common.networks.models.build_model`."""
-        return ModelSettings(**self.model_dump())
+        return ModelSettings(**self.model_dump(exclude={"init"}))
 
 
 class TrainingSettings(_Strict):
@@ -127,6 +141,9 @@ class TrainingSettings(_Strict):
     # noise, blur: consortia.client.training.augment); mirroring along `flip_axes` (spatial axes).
     augment: bool = False
     flip_axes: tuple[Annotated[int, Field(ge=0, le=2)], ...] = ()
+    # Classification: "balanced" weighs each class n / (k * n_c) by the site's own label
+    # counts, which stay at the site (consortia.client.training.classification_recipe).
+    class_weights: Literal["none", "balanced"] = "none"
 
     @model_validator(mode="after")
     def _sgd_options(self) -> TrainingSettings:
@@ -141,6 +158,10 @@ class ReportSettings(_Strict):
     # Write every metric of every round as TensorBoard event files in RUN_DIR/tensorboard
     # while the run goes on (needs the `tensorboard` extra on the server).
     tensorboard: bool = False
+    # Log the run to this MLflow tracking URI when it ends (`file:///...`, `http://...`;
+    # needs the `mlflow` extra on the server): params, per-round and per-site metrics, the
+    # report as an artifact.
+    mlflow: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
 
 
 class RunSettings(_Strict):
@@ -174,9 +195,17 @@ class RunSettings(_Strict):
     strategy: StrategySettings = StrategySettings()
     validation: ValidationSettings = ValidationSettings()
     report: ReportSettings = ReportSettings()
+    plan: PlanSettings | None = None  # [run.plan]: common/config/plan_settings.py
     # The study's roster: only these sites are asked, and each site refuses a run that
     # does not list it with its own key. Empty: every connected site (no roster).
     sites: tuple[RosterEntry, ...] = ()
+    # The run config's folder when `model.init.path` needs it (not part of the settings).
+    _config_dir: Path | None = PrivateAttr(default=None)
+
+    def init_file(self) -> Path | None:
+        """The approved warm start's file (`model.init`), resolved; None without one."""
+        init = self.model.init
+        return None if init is None else init.location(self._config_dir)
 
     @model_validator(mode="after")
     def _roster_fits(self) -> RunSettings:
@@ -229,6 +258,12 @@ class RunSettings(_Strict):
                 f"training.warmup_rounds ({self.training.warmup_rounds}) must not exceed "
                 f"rounds ({self.rounds})"
             )
+        if self.training.class_weights != "none" and self.privacy.enabled:
+            raise ValueError(
+                'training.class_weights = "balanced" cannot combine with [run.privacy]: weights '
+                "from the site's label counts make each example's loss depend on the others, "
+                'which the DP-SGD accounting does not cover (set class_weights = "none")'
+            )
         return self
 
     def secure_aggregation_for(self, training_sites: int) -> bool:
@@ -247,8 +282,12 @@ class RunSettings(_Strict):
         return value
 
     def to_json(self) -> str:
-        """Serialise for the Flower run config (a single string value)."""
-        return self.model_dump_json()
+        """Serialise for the Flower run config (a single string value). With a warm start,
+        the run config's folder rides along outside the settings (the config hash does
+        not cover it: the weights' hash is what is approved)."""
+        if self._config_dir is None:
+            return self.model_dump_json()
+        return json.dumps({**self.model_dump(mode="json"), _CONFIG_DIR_KEY: str(self._config_dir)})
 
 
 class SiteInfo(_Strict):
@@ -438,7 +477,10 @@ def load_run_settings(path: Path) -> RunSettings:
         raise ConfigError(f"{path}: unknown top-level table(s): {', '.join(sorted(unknown))}")
     if "run" not in raw:
         raise ConfigError(f"{path}: run: required table is missing")
-    return _validate(RunSettings, raw["run"], f"{path} [run]")
+    settings = _validate(RunSettings, raw["run"], f"{path} [run]")
+    if settings.model.init is not None:
+        settings._config_dir = path.resolve().parent
+    return settings
 
 
 def run_settings_from_json(text: str) -> RunSettings:
@@ -447,7 +489,11 @@ def run_settings_from_json(text: str) -> RunSettings:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"run config: settings are not valid JSON: {err}") from None
-    return _validate(RunSettings, data, "run config")
+    config_dir = data.pop(_CONFIG_DIR_KEY, None) if isinstance(data, dict) else None
+    settings = _validate(RunSettings, data, "run config")
+    if isinstance(config_dir, str) and settings.model.init is not None:
+        settings._config_dir = Path(config_dir)
+    return settings
 
 
 def load_site_settings(path: Path) -> SiteSettings:

@@ -7,6 +7,9 @@ Strategies (docs/strategies.md):
   ``proximal_mu / 2 * ||w - w_global||^2`` to their local loss.
 - ``fedadam`` / ``fedyogi``: the weighted mean gives a pseudo-gradient that a server
   optimizer (Adam / Yogi moments, kept across rounds and checkpointed) applies.
+- ``fedavgm``: FedAvg with server momentum (Hsu et al. 2019): the round's move towards
+  the mean is added to a velocity ``server_momentum * v + (mean - global)``, and the
+  server steps ``server_learning_rate * v`` (1.0 unless set).
 - ``median``, ``trimmed_mean``: coordinate-wise, robust to a minority of bad updates.
 - ``krum`` / ``multi_krum``: keep the update(s) closest to their neighbours, robust to
   ``byzantine_sites`` bad ones.
@@ -34,19 +37,30 @@ __all__ = [
 ]
 
 StrategyName = Literal[
-    "fedavg", "fedprox", "fedadam", "fedyogi", "median", "trimmed_mean", "krum", "multi_krum"
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedavgm",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "multi_krum",
 ]
 STRATEGY_NAMES: tuple[str, ...] = (
     "fedavg",
     "fedprox",
     "fedadam",
     "fedyogi",
+    "fedavgm",
     "median",
     "trimmed_mean",
     "krum",
     "multi_krum",
 )
-LINEAR_STRATEGIES: frozenset[str] = frozenset({"fedavg", "fedprox", "fedadam", "fedyogi"})
+LINEAR_STRATEGIES: frozenset[str] = frozenset(
+    {"fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm"}
+)
 
 
 class StrategySettings(BaseModel):
@@ -57,8 +71,11 @@ class StrategySettings(BaseModel):
     name: StrategyName = "fedavg"
     # FedProx: weight of the proximal term at the sites (must be > 0 for fedprox).
     proximal_mu: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0
-    # FedAdam / FedYogi: server learning rate, moment decay rates, adaptivity.
-    server_learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 0.01
+    # FedAdam / FedYogi / FedAvgM: the server's step size (unset: 0.01 for FedAdam and
+    # FedYogi, 1.0 for FedAvgM; `server_rate`), moment decay rates, adaptivity.
+    server_learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    # FedAvgM: the server velocity's decay.
+    server_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     beta_1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     beta_2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.99
     tau: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
@@ -68,6 +85,13 @@ class StrategySettings(BaseModel):
     byzantine_sites: Annotated[int, Field(ge=0, le=1000)] = 1
     # multi_krum: updates averaged; 0 means all but byzantine_sites.
     multi_krum_keep: Annotated[int, Field(ge=0, le=10_000)] = 0
+
+    @property
+    def server_rate(self) -> float:
+        """The server optimizer's step size: as set, else the strategy's default."""
+        if self.server_learning_rate is not None:
+            return self.server_learning_rate
+        return 1.0 if self.name == "fedavgm" else 0.01
 
     @model_validator(mode="after")
     def _parameters_fit(self) -> StrategySettings:

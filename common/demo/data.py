@@ -7,9 +7,10 @@ the demo federation something learnable to train on without downloading anything
 
 Each case is a 2D greyscale image of a dark air background, a body outline with a brighter rim
 and a bright "spine", and an elliptical "organ" with smooth low-frequency texture and a few darker
-"vessels". In a fraction of cases the organ contains one to three brighter "lesions". Every case
-has a ``uint8`` image, a ``uint8`` segmentation mask (0 = background, 1 = lesion) and a class
-label (0 = no lesion, 1 = lesion present, always equal to ``mask.any()``).
+"vessels". In a fraction of cases (``lesion_fraction``; the segmentation demo: all of them) the
+organ contains one to three brighter "lesions". Every case has a ``uint8`` image, a ``uint8``
+segmentation mask (0 = background, 1 = lesion) and a class label (0 = no lesion, 1 = lesion
+present, always equal to ``mask.any()``).
 
 Sites model hospitals with different scanners: after the clean image is drawn, the site's
 :class:`AcquisitionProfile` applies a bias field, a gamma curve, blur, an intensity scale and

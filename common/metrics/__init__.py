@@ -5,8 +5,8 @@ The modules, one concept each:
 - ``base``: Shared pieces of the metrics: key names, input checks, and exact pooling of the
   sites' sums, counts and histograms.
 - ``bootstrap``: Bootstrap confidence intervals built only from what a site may send.
-- ``classification``: Classification metrics (confusion counts, AUC from score histograms) per
-  site.
+- ``classification``: Classification metrics (confusion counts, AUC from score histograms,
+  balanced accuracy) per site.
 - ``exact``: Evaluation metrics whose per-site results combine *exactly* at the server.
 - ``segmentation``: Segmentation metrics (MONAI Dice, IoU, HD95, ASD) as sums and counts per
   site.
@@ -150,7 +150,34 @@ if TYPE_CHECKING:
         sum_key as sum_key,
     )
     from consortia.common.metrics.classification import (
+        AUC_BIN_TOLERANCE as AUC_BIN_TOLERANCE,
+    )
+    from consortia.common.metrics.classification import (
+        AUC_BINS as AUC_BINS,
+    )
+    from consortia.common.metrics.classification import (
+        AUC_EVEN_BINS as AUC_EVEN_BINS,
+    )
+    from consortia.common.metrics.classification import (
+        AUC_LOGIT_RANGE as AUC_LOGIT_RANGE,
+    )
+    from consortia.common.metrics.classification import (
+        AUC_TAIL_EDGES as AUC_TAIL_EDGES,
+    )
+    from consortia.common.metrics.classification import (
+        BALANCED_ACCURACY as BALANCED_ACCURACY,
+    )
+    from consortia.common.metrics.classification import (
+        BalancedAccuracyMetric as BalancedAccuracyMetric,
+    )
+    from consortia.common.metrics.classification import (
         ClassificationMetricAccumulator as ClassificationMetricAccumulator,
+    )
+    from consortia.common.metrics.classification import (
+        auc_bin_edges as auc_bin_edges,
+    )
+    from consortia.common.metrics.classification import (
+        balanced_accuracy as balanced_accuracy,
     )
     from consortia.common.metrics.classification import (
         compute_classification_summary as compute_classification_summary,
@@ -175,6 +202,12 @@ __all__ = [
     "ASD_SUM",
     "ASD_UNDEFINED",
     "AUC",
+    "AUC_BINS",
+    "AUC_BIN_TOLERANCE",
+    "AUC_EVEN_BINS",
+    "AUC_LOGIT_RANGE",
+    "AUC_TAIL_EDGES",
+    "BALANCED_ACCURACY",
     "CASES",
     "CM_PREFIX",
     "DICE",
@@ -193,10 +226,13 @@ __all__ = [
     "REPLICATES",
     "SENSITIVITY",
     "SPECIFICITY",
+    "BalancedAccuracyMetric",
     "ClassificationMetricAccumulator",
     "ClassificationSample",
     "SegmentationMetricAccumulator",
     "Spacing",
+    "auc_bin_edges",
+    "balanced_accuracy",
     "case_weights",
     "check_int",
     "check_labels",
@@ -228,6 +264,13 @@ _EXPORTS = {
     "ASD_SUM": "base",
     "ASD_UNDEFINED": "base",
     "AUC": "base",
+    "AUC_BINS": "classification",
+    "AUC_BIN_TOLERANCE": "classification",
+    "AUC_EVEN_BINS": "classification",
+    "AUC_LOGIT_RANGE": "classification",
+    "AUC_TAIL_EDGES": "classification",
+    "BALANCED_ACCURACY": "classification",
+    "BalancedAccuracyMetric": "classification",
     "CASES": "base",
     "CM_PREFIX": "base",
     "ClassificationMetricAccumulator": "classification",
@@ -250,6 +293,8 @@ _EXPORTS = {
     "SPECIFICITY": "base",
     "SegmentationMetricAccumulator": "exact",
     "Spacing": "base",
+    "auc_bin_edges": "classification",
+    "balanced_accuracy": "classification",
     "case_weights": "bootstrap",
     "check_int": "base",
     "check_labels": "base",

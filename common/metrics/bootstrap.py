@@ -35,6 +35,7 @@ from consortia.common.metrics.base import (
     negative_histogram_key,
     positive_histogram_key,
 )
+from consortia.common.metrics.classification import BALANCED_ACCURACY
 
 __all__ = [
     "LEVEL",
@@ -160,8 +161,8 @@ def classification_replicates(
     replicates: int = REPLICATES,
     rng: np.random.Generator | None = None,
 ) -> dict[str, np.ndarray]:
-    """Accuracy, sensitivity, specificity, F1 and AUC per replicate, each site's cases
-    resampled from its own confusion counts and histograms, then pooled."""
+    """Accuracy, balanced accuracy, sensitivity, specificity, F1 and AUC per replicate,
+    each site's cases resampled from its own confusion counts and histograms, then pooled."""
     if not samples:
         raise ValueError("no site evaluation to resample")
     rng = rng or np.random.default_rng()
@@ -195,6 +196,7 @@ def classification_replicates(
     aucs = np.stack([_histogram_auc(positive[c], negative[c]) for c in scored], axis=1)
     return {
         ACCURACY: accuracy,
+        BALANCED_ACCURACY: _macro(sensitivity),  # mean recall over the classes present
         SENSITIVITY: _macro(sensitivity[:, columns]),
         SPECIFICITY: _macro(specificity[:, columns]),
         F1: _macro(f1[:, columns]),

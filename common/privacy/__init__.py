@@ -92,6 +92,9 @@ if TYPE_CHECKING:
         learning_refusal as learning_refusal,
     )
     from consortia.common.privacy.planner import (
+        logical_batch_size as logical_batch_size,
+    )
+    from consortia.common.privacy.planner import (
         outlook_message as outlook_message,
     )
     from consortia.common.privacy.planner import (
@@ -135,6 +138,7 @@ __all__ = [
     "learning_refusal",
     "ledger_lock",
     "ledger_path",
+    "logical_batch_size",
     "make_accountant",
     "noise_for_target",
     "outlook_message",
@@ -169,6 +173,7 @@ _EXPORTS = {
     "learning_refusal": "planner",
     "ledger_lock": "ledger",
     "ledger_path": "ledger",
+    "logical_batch_size": "planner",
     "make_accountant": "accounting",
     "noise_for_target": "accounting",
     "outlook_message": "planner",

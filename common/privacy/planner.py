@@ -41,6 +41,7 @@ __all__ = [
     "check_plannable",
     "learning_outlook",
     "learning_refusal",
+    "logical_batch_size",
     "outlook_message",
     "plan_study",
     "rounds_within_limit",
@@ -271,14 +272,19 @@ def _check_examples(
 ) -> None:
     """`PlanError` unless the data set's `num_examples` suit the study's batch size and the
     site's delta."""
-    batch_size, delta = run.training.batch_size, site.privacy.delta
+    batch_size, delta = logical_batch_size(run), site.privacy.delta
+    field = (
+        "run.privacy.recipe.batch_size"
+        if run.privacy.recipe.batch_size is not None
+        else "run.training.batch_size"
+    )
     if num_examples <= 0:
         raise PlanError(
             f"{site_source}: data: the data set has no training examples for this study"
         )
     if batch_size > num_examples:
         raise PlanError(
-            f"{run_source}: run.training.batch_size: {batch_size} is larger than the "
+            f"{run_source}: {field}: {batch_size} is larger than the "
             f"{num_examples} training examples of site {site.site.name}"
         )
     if delta >= 1.0 / num_examples:
@@ -306,6 +312,12 @@ def _noise_multiplier(
         ) from None
 
 
+def logical_batch_size(run: RunSettings) -> int:
+    """The expected Poisson batch of one DP-SGD step of `run` (what DP training samples:
+    `[run.privacy.recipe] batch_size`, else `[run.training] batch_size`)."""
+    return run.privacy.recipe.logical_batch_size(run.training.batch_size)
+
+
 def plan_study(
     run: RunSettings,
     site: SiteSettings,
@@ -319,7 +331,7 @@ def plan_study(
     examples and the ledger `history`. Raises `PlanError`, naming the file and field,
     for a study it cannot plan."""
     check_plannable(run, site, run_source=run_source, site_source=site_source)
-    privacy, policy, batch_size = run.privacy, site.privacy, run.training.batch_size
+    privacy, policy, batch_size = run.privacy, site.privacy, logical_batch_size(run)
     _check_examples(run, site, num_examples, run_source=run_source, site_source=site_source)
     poisson = poisson_plan(num_examples, batch_size)
     steps_per_round = poisson.steps(run.training.local_epochs)

@@ -140,6 +140,9 @@ if TYPE_CHECKING:
         max_session_sites as max_session_sites,
     )
     from consortia.common.secure_aggregation.roster import (
+        roster_refusal as roster_refusal,
+    )
+    from consortia.common.secure_aggregation.roster import (
         roster_trainers as roster_trainers,
     )
     from consortia.common.secure_aggregation.roster import (
@@ -233,6 +236,7 @@ __all__ = [
     "public_key_from_bytes",
     "quantisation_levels",
     "quantise",
+    "roster_refusal",
     "roster_trainers",
     "seal",
     "seal_bundle",
@@ -292,6 +296,7 @@ _EXPORTS = {
     "public_key_from_bytes": "crypto",
     "quantisation_levels": "arithmetic",
     "quantise": "arithmetic",
+    "roster_refusal": "roster",
     "roster_trainers": "roster",
     "seal": "crypto",
     "seal_bundle": "bundle",

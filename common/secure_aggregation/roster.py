@@ -21,7 +21,13 @@ the approved config, never from what the server says:
   before any graph is built.
 
 Without a roster none of the signatures can be checked against anything the site
-trusts: the Sybil attack remains (docs/secure-aggregation.md says so).
+trusts, so no rule at the site can tell a server-run node from a real site. Hence
+(`roster_refusal`): in mode "on" (the approved config demands secure aggregation) a
+site joins no session unless the roster lists at least two training sites; it then also
+refuses plain updates (`secure_required`), so such a study cannot train at all. In mode
+"auto" without a roster a session still hides the updates from a server that follows
+the protocol, and a server that does not could equally ask for plain updates (F6), so the
+site takes part and says so in its log (docs/secure-aggregation.md).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ __all__ = [
     "SESSION_KEYS_DOMAIN",
     "KeyAdvert",
     "max_session_sites",
+    "roster_refusal",
     "roster_trainers",
     "secure_required",
     "session_minimum",
@@ -80,6 +87,23 @@ def secure_required(settings: RunSettings) -> bool:
         return False
     per_round = min(settings.sites_per_round or trainers, trainers)
     return settings.secure_aggregation_for(per_round)
+
+
+def roster_refusal(settings: RunSettings) -> str | None:
+    """Why this site joins no secure-aggregation session of the approved run, or None:
+    mode "on" demands secure aggregation, which against a server that runs nodes of its
+    own (Sybils, F2) holds only when every neighbour is checked against a roster of at
+    least two training sites."""
+    if settings.secure_aggregation.mode != "on":
+        return None
+    trainers = roster_trainers(settings)
+    if trainers >= 2:
+        return None
+    return (
+        f'the approved run sets secure_aggregation.mode = "on" with {trainers} training '
+        "site(s) in its roster ([[run.sites]]); without a roster of at least 2 this site "
+        "cannot tell other sites from nodes the server runs, so it joins no secure session"
+    )
 
 
 def session_minimum(settings: RunSettings) -> int:

@@ -15,14 +15,15 @@ The modules, one concept each:
   per name), and the `Aggregation` around it (plain, central DP or secure aggregation).
 - ``fedavg``: FedAvg (and FedProx, FedAvg at the server): the example-weighted mean of the
   sites' flat weight vectors.
-- ``fedopt``: FedAdam and FedYogi: FedAvg's weighted mean applied as a pseudo-gradient by a
-  server optimizer (the math is `server_optimizer.ServerOptimizer`'s, after Flower's `FedOpt`).
+- ``fedopt``: FedAdam, FedYogi and FedAvgM: FedAvg's weighted mean applied as a pseudo-gradient
+  by a server optimizer (the math is `server_optimizer.ServerOptimizer`'s, after Flower's
+  `FedOpt` and `FedAvgM`).
 - ``krum``: Krum and MultiKrum: keep the updates closest to their neighbours, like Flower's (the
   math is `robust.krum_scores` / `robust.krum_select`).
 - ``robust``: Robust aggregation math on flat weight vectors: coordinate median, trimmed mean,
   Krum.
-- ``server_optimizer``: FedAdam / FedYogi: a server optimizer that applies the round's mean as a
-  pseudo-gradient.
+- ``server_optimizer``: FedAdam / FedYogi / FedAvgM: a server optimizer that applies the round's
+  mean as a pseudo-gradient.
 - ``strategy``: The interface every aggregation strategy implements (`[run.strategy]`,
   docs/strategies.md).
 - ``update_validation``: Norm checks on the plain updates of one round, before aggregation
@@ -99,6 +100,9 @@ if TYPE_CHECKING:
     )
     from consortia.server.aggregation.fedopt import (
         FedAdam as FedAdam,
+    )
+    from consortia.server.aggregation.fedopt import (
+        FedAvgM as FedAvgM,
     )
     from consortia.server.aggregation.fedopt import (
         FedOpt as FedOpt,
@@ -207,6 +211,7 @@ __all__ = [
     "CentralPrivacyAggregation",
     "FedAdam",
     "FedAvg",
+    "FedAvgM",
     "FedMedian",
     "FedOpt",
     "FedProx",
@@ -252,6 +257,7 @@ _EXPORTS = {
     "DETAIL_TRIMMED_PER_END": "strategy",
     "FedAdam": "fedopt",
     "FedAvg": "fedavg",
+    "FedAvgM": "fedopt",
     "FedMedian": "coordinate_wise",
     "FedOpt": "fedopt",
     "FedProx": "fedavg",

@@ -15,7 +15,7 @@ from consortia.server.aggregation.central_aggregation import CentralPrivacyAggre
 from consortia.server.aggregation.central_privacy import CentralPrivacy
 from consortia.server.aggregation.coordinate_wise import FedMedian, FedTrimmedAvg
 from consortia.server.aggregation.fedavg import FedAvg, FedProx
-from consortia.server.aggregation.fedopt import FedAdam, FedYogi
+from consortia.server.aggregation.fedopt import FedAdam, FedAvgM, FedYogi
 from consortia.server.aggregation.krum import Krum, MultiKrum
 from consortia.server.aggregation.strategy import AggregationStrategy
 from consortia.server.exchange.sites import Site
@@ -29,6 +29,7 @@ STRATEGIES: dict[str, type[AggregationStrategy]] = {
     "fedprox": FedProx,
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
+    "fedavgm": FedAvgM,
     "median": FedMedian,
     "trimmed_mean": FedTrimmedAvg,
     "krum": Krum,

@@ -1,5 +1,6 @@
-"""FedAdam and FedYogi: FedAvg's weighted mean applied as a pseudo-gradient by a server
-optimizer (the math is `server_optimizer.ServerOptimizer`'s, after Flower's `FedOpt`)."""
+"""FedAdam, FedYogi and FedAvgM: FedAvg's weighted mean applied as a pseudo-gradient by a
+server optimizer (the math is `server_optimizer.ServerOptimizer`'s, after Flower's `FedOpt`
+and `FedAvgM`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from consortia.server.aggregation.strategy import (
     SiteUpdate,
 )
 
-__all__ = ["FedAdam", "FedOpt", "FedYogi"]
+__all__ = ["FedAdam", "FedAvgM", "FedOpt", "FedYogi"]
 
 
 class FedOpt(FedAvg):
@@ -29,10 +30,11 @@ class FedOpt(FedAvg):
 
     def __init__(self, settings: StrategySettings) -> None:
         super().__init__(settings)
+        momentum = self.kind == "fedavgm"
         self.server_optimizer = ServerOptimizer(
             self.kind,
-            learning_rate=settings.server_learning_rate,
-            beta_1=settings.beta_1,
+            learning_rate=settings.server_rate,
+            beta_1=settings.server_momentum if momentum else settings.beta_1,
             beta_2=settings.beta_2,
             tau=settings.tau,
         )
@@ -71,3 +73,9 @@ class FedYogi(FedOpt):
     """FedYogi (Reddi et al., 2020): Yogi's second moment, no bias correction."""
 
     kind: ClassVar[OptimizerKind] = "fedyogi"
+
+
+class FedAvgM(FedOpt):
+    """FedAvgM (Hsu et al., 2019): server momentum over the rounds' moves."""
+
+    kind: ClassVar[OptimizerKind] = "fedavgm"

@@ -1,4 +1,5 @@
-"""FedAdam / FedYogi: a server optimizer that applies the round's mean as a pseudo-gradient.
+"""FedAdam / FedYogi / FedAvgM: a server optimizer that applies the round's mean as a
+pseudo-gradient.
 
 The math is Flower's `FedOpt` family (`flwr.serverapp.strategy.FedAdam` / `FedYogi`, after
 Reddi et al., "Adaptive Federated Optimization", 2020) on flat weight vectors:
@@ -8,6 +9,12 @@ Reddi et al., "Adaptive Federated Optimization", 2020) on flat weight vectors:
     v     = beta_2 * v + (1 - beta_2) * delta^2                          (Adam)
     v     = v - (1 - beta_2) * delta^2 * sign(v - delta^2)               (Yogi)
     new   = global + eta_t * m / (sqrt(v) + tau)
+
+FedAvgM (Hsu et al., "Measuring the Effects of Non-Identical Data Distribution", 2019;
+Flower's `FedAvgM`) keeps a velocity instead, with `beta_1` as the server momentum:
+
+    m     = beta_1 * m + delta
+    new   = global + eta * m
 
 Bias correction follows Flower exactly: FedAdam scales the learning rate by
 `sqrt(1 - beta_2^(t + 1)) / (1 - beta_1^(t + 1))`, where Flower's t is the server round
@@ -32,8 +39,8 @@ __all__ = ["OPTIMIZER_KINDS", "OptimizerKind", "ServerOptimizer", "StrategyState
 
 logger = logging.getLogger("consortia.server")
 
-OptimizerKind = Literal["fedadam", "fedyogi"]
-OPTIMIZER_KINDS: tuple[str, ...] = ("fedadam", "fedyogi")
+OptimizerKind = Literal["fedadam", "fedyogi", "fedavgm"]
+OPTIMIZER_KINDS: tuple[str, ...] = ("fedadam", "fedyogi", "fedavgm")
 
 # Keys of `ServerOptimizer.state_dict()`.
 _KIND = "kind"
@@ -68,7 +75,8 @@ def _moment(state: dict[str, Any], key: str) -> np.ndarray:
 
 
 class ServerOptimizer:
-    """Adam or Yogi moments over the flat global weights, kept across rounds."""
+    """Adam or Yogi moments (or FedAvgM's velocity) over the flat global weights, kept
+    across rounds."""
 
     def __init__(
         self,
@@ -96,8 +104,8 @@ class ServerOptimizer:
 
     def effective_learning_rate(self, step: int) -> float:
         """The learning rate of step `step` (1 on the first): bias-corrected for FedAdam,
-        with Flower's exponent `step + 1`; constant for FedYogi."""
-        if self.kind == "fedyogi":
+        with Flower's exponent `step + 1`; constant for FedYogi and FedAvgM."""
+        if self.kind != "fedadam":
             return self.learning_rate
         power = step + 1.0
         return self.learning_rate * math.sqrt(1.0 - self.beta_2**power) / (1.0 - self.beta_1**power)
@@ -120,6 +128,8 @@ class ServerOptimizer:
         current = global_weights.astype(np.float64)
         delta = mean.astype(np.float64)
         delta -= current
+        if self.kind == "fedavgm":
+            return self._momentum_step(current, delta, global_weights.dtype)
         m = self._m.astype(np.float64)
         m *= self.beta_1
         m += (1.0 - self.beta_1) * delta
@@ -146,6 +156,20 @@ class ServerOptimizer:
         self._v = v.astype(_MOMENT_DTYPE)
         logger.debug("%s step %d (learning rate %.3g)", self.kind, self.steps, rate)
         return current.astype(global_weights.dtype)
+
+    def _momentum_step(
+        self, current: np.ndarray, delta: np.ndarray, dtype: np.dtype[Any]
+    ) -> np.ndarray:
+        """FedAvgM: the velocity `m = beta_1 * m + delta`, then `global + eta * m`
+        (the second moment stays zero)."""
+        m = self._m.astype(np.float64)
+        m *= self.beta_1
+        m += delta
+        self.steps += 1
+        current += self.learning_rate * m
+        self._m = m.astype(_MOMENT_DTYPE)
+        logger.debug("fedavgm step %d (momentum %.3g)", self.steps, self.beta_1)
+        return current.astype(dtype)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: the step count, the settings it ran with (checked on

@@ -97,10 +97,16 @@ if TYPE_CHECKING:
         VERIFY_SCHEMA as VERIFY_SCHEMA,
     )
     from consortia.server.audit.verify import (
+        TrustAnchors as TrustAnchors,
+    )
+    from consortia.server.audit.verify import (
         VerifyReport as VerifyReport,
     )
     from consortia.server.audit.verify import (
         load_ca_certificate as load_ca_certificate,
+    )
+    from consortia.server.audit.verify import (
+        load_server_certificates as load_server_certificates,
     )
     from consortia.server.audit.verify import (
         parse_site_keys as parse_site_keys,
@@ -130,10 +136,12 @@ __all__ = [
     "RunPrivacyRecords",
     "SiteAudit",
     "SpentRound",
+    "TrustAnchors",
     "VerifyReport",
     "audit_privacy",
     "dp_event_of",
     "load_ca_certificate",
+    "load_server_certificates",
     "parse_site_keys",
     "pld_epsilon",
     "rdp_epsilon",
@@ -158,6 +166,7 @@ _EXPORTS = {
     "RunPrivacyRecords": "privacy_results",
     "SiteAudit": "privacy_audit",
     "SpentRound": "privacy_results",
+    "TrustAnchors": "verify",
     "VALUE_DISCRETIZATION_INTERVAL": "privacy_recompute",
     "VERDICT_ALTERED": "verify",
     "VERDICT_INTACT": "verify",
@@ -167,6 +176,7 @@ _EXPORTS = {
     "audit_privacy": "privacy_audit",
     "dp_event_of": "privacy_recompute",
     "load_ca_certificate": "verify",
+    "load_server_certificates": "verify",
     "parse_site_keys": "verify",
     "pld_epsilon": "privacy_recompute",
     "rdp_epsilon": "privacy_recompute",

@@ -1,8 +1,8 @@
 """The auditor's commands:
 
 - `consortia audit privacy RUN_DIR [--ledger FILE ...] [--json]`
-- `consortia audit verify PATH [--ca CA.pem] [--site-key NAME=PUB.pub ...] [--provenance FILE]
-  [--unfinished] [--json]`
+- `consortia audit verify PATH [--ca CA.pem] [--server-cert CERT.pem ...]
+  [--site-key NAME=PUB.pub[@SINCE] ...] [--provenance FILE] [--unfinished] [--json]`
 - `consortia audit config-hash RUN.toml`, `consortia audit compare PROV_A PROV_B`
 - `consortia audit countersign RUN_DIR/provenance.json --site-key SITE.key --site NAME
   [--ca CA.pem] [--audit-log NODE_STATE_DIR/audit.jsonl]`
@@ -42,6 +42,7 @@ from consortia.server.audit.verify import (
     VERDICT_NOT_VERIFIED,
     VerifyReport,
     load_ca_certificate,
+    load_server_certificates,
     parse_site_keys,
     verify_path,
 )
@@ -345,8 +346,13 @@ _VERIFY_PATH_HELP = (
 )
 _CA_HELP = "The consortium CA certificate (PEM): check that the server's certificate is from it."
 _SITE_KEY_HELP = (
-    "NAME=PUBLIC_KEY_FILE: a site's registered public key (OpenSSH); its countersignature "
-    "must use it. Repeat for each site."
+    "NAME=PUBLIC_KEY_FILE[@SINCE]: a site's registered public key (OpenSSH); its "
+    "countersignature must use it. Repeat for each site; for a site whose key was replaced, "
+    "once per key, with @SINCE (the registry's registered_at) on each replacement key."
+)
+_SERVER_CERT_HELP = (
+    "A certificate the CA issued to the server (PEM); repeat for each (the rotation "
+    "history, with --ca): the provenance must be signed by the one current at signing time."
 )
 _PROVENANCE_HELP = (
     "A signed provenance.json to check the log against (a run folder uses its own): the "
@@ -395,6 +401,9 @@ def verify_command(
     path: Annotated[Path, typer.Argument(help=_VERIFY_PATH_HELP)],
     ca: Annotated[Path | None, typer.Option("--ca", help=_CA_HELP)] = None,
     site_key: Annotated[list[str] | None, typer.Option("--site-key", help=_SITE_KEY_HELP)] = None,
+    server_cert: Annotated[
+        list[Path] | None, typer.Option("--server-cert", help=_SERVER_CERT_HELP)
+    ] = None,
     provenance: Annotated[Path | None, typer.Option("--provenance", help=_PROVENANCE_HELP)] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON document instead.")
@@ -417,6 +426,7 @@ def verify_command(
             path,
             ca_cert=ca_cert,
             site_keys=site_keys,
+            server_certs=load_server_certificates(server_cert) if server_cert else None,
             provenance_path=provenance,
             unfinished=unfinished,
         )

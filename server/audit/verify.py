@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from consortia.common.audit.log import (
     AUDIT_LOG_FILE,
@@ -32,10 +31,12 @@ from consortia.common.audit.log import (
 from consortia.common.audit.provenance import (
     PROVENANCE_FILE,
     ProvenanceError,
+    SiteKeys,
     read_provenance,
     structure_problems,
     verify_provenance,
 )
+from consortia.common.audit.rotation import KeyPeriod
 from consortia.common.crypto.certificates import check_is_ca, load_certificate
 from consortia.common.crypto.site_keys import load_site_public_key
 from consortia.common.files import sha256_file
@@ -46,8 +47,10 @@ __all__ = [
     "VERDICT_INTACT",
     "VERDICT_NOT_VERIFIED",
     "VERIFY_SCHEMA",
+    "TrustAnchors",
     "VerifyReport",
     "load_ca_certificate",
+    "load_server_certificates",
     "parse_site_keys",
     "verify_path",
 ]
@@ -118,6 +121,16 @@ class VerifyReport:
         }
 
 
+@dataclass(frozen=True)
+class TrustAnchors:
+    """What the auditor vouches for: the CA, the sites' registered keys (or key
+    histories) and every certificate the CA issued to the server (rotation, F8)."""
+
+    ca_cert: x509.Certificate | None = None
+    site_keys: SiteKeys | None = None
+    server_certs: Sequence[x509.Certificate] | None = None
+
+
 def load_ca_certificate(path: Path) -> x509.Certificate:
     """The consortium CA's certificate (PEM); `PKIError` naming the file otherwise."""
     certificate = load_certificate(path)
@@ -125,16 +138,42 @@ def load_ca_certificate(path: Path) -> x509.Certificate:
     return certificate
 
 
-def parse_site_keys(specs: Sequence[str]) -> dict[str, ec.EllipticCurvePublicKey]:
-    """`NAME=PUB.pub` arguments as site -> public key."""
-    keys: dict[str, ec.EllipticCurvePublicKey] = {}
+def load_server_certificates(paths: Sequence[Path]) -> list[x509.Certificate]:
+    """`--server-cert` files: every certificate the CA issued to the server (PEM)."""
+    return [load_certificate(path) for path in paths]
+
+
+def _key_spec(spec: str) -> tuple[str, Path, datetime | None]:
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise ProvenanceError(f"--site-key {spec!r}: expected NAME=PUBLIC_KEY_FILE[@SINCE]")
+    file, at, when = rest.rpartition("@")
+    if not at:
+        return name, Path(rest), None
+    since = _parse_time(when)
+    if since is None:
+        raise ProvenanceError(
+            f"--site-key {spec!r}: {when!r} is not an ISO time (the registry's registered_at)"
+        )
+    return name, Path(file), since
+
+
+def parse_site_keys(specs: Sequence[str]) -> dict[str, list[KeyPeriod]]:
+    """`NAME=PUB.pub[@SINCE]` arguments as site -> the keys it registered. A site given
+    several keys (a rotation, F8) needs `@SINCE` (when the key was registered, as the
+    site registry's `registered_at` says) on every key but its first."""
+    keys: dict[str, list[KeyPeriod]] = {}
     for spec in specs:
-        name, sep, file = spec.partition("=")
-        if not sep or not name or not file:
-            raise ProvenanceError(f"--site-key {spec!r}: expected NAME=PUBLIC_KEY_FILE")
-        if name in keys:
-            raise ProvenanceError(f"--site-key: site {name!r} given twice")
-        keys[name] = load_site_public_key(Path(file))
+        name, file, since = _key_spec(spec)
+        keys.setdefault(name, []).append(KeyPeriod(load_site_public_key(file), since))
+    for name, periods in keys.items():
+        if sum(period.since is None for period in periods) > 1 or (
+            len(periods) > 1 and len({period.since for period in periods}) < len(periods)
+        ):
+            raise ProvenanceError(
+                f"--site-key: site {name!r} is given {len(periods)} keys; give each key "
+                "but its first an @SINCE time (when it was registered), all different"
+            )
     return keys
 
 
@@ -168,13 +207,16 @@ def _load_provenance(path: Path, report: VerifyReport) -> dict[str, Any] | None:
 def _check_provenance(
     document: Mapping[str, Any],
     report: VerifyReport,
-    ca_cert: x509.Certificate | None,
-    site_keys: Mapping[str, ec.EllipticCurvePublicKey] | None,
+    anchors: TrustAnchors,
 ) -> bool:
     """Signatures; True when the content can be used for the further checks."""
     name = report.provenance_file.name if report.provenance_file else PROVENANCE_FILE
-    problems = verify_provenance(document, ca_cert=ca_cert, site_keys=site_keys)
+    ca_cert, site_keys = anchors.ca_cert, anchors.site_keys
+    problems = verify_provenance(
+        document, ca_cert=ca_cert, site_keys=site_keys, server_certs=anchors.server_certs
+    )
     report.problems.extend(f"{name}: {problem}" for problem in problems)
+
     if ca_cert is None:
         # Without the CA, anyone could have rewritten the log and signed a new provenance
         # with a certificate of their own: nothing vouches for the content.
@@ -288,11 +330,10 @@ def _verify_run_folder(
     run_dir: Path,
     report: VerifyReport,
     document: dict[str, Any] | None,
-    ca_cert: x509.Certificate | None,
-    site_keys: Mapping[str, ec.EllipticCurvePublicKey] | None,
+    anchors: TrustAnchors,
     unfinished: bool,
 ) -> None:
-    usable = document is not None and _check_provenance(document, report, ca_cert, site_keys)
+    usable = document is not None and _check_provenance(document, report, anchors)
     provenance = document["provenance"] if document is not None and usable else None
     name = AUDIT_LOG_FILE
     if (
@@ -331,7 +372,8 @@ def verify_path(
     path: Path,
     *,
     ca_cert: x509.Certificate | None = None,
-    site_keys: Mapping[str, ec.EllipticCurvePublicKey] | None = None,
+    site_keys: SiteKeys | None = None,
+    server_certs: Sequence[x509.Certificate] | None = None,
     provenance_path: Path | None = None,
     unfinished: bool = False,
 ) -> VerifyReport:
@@ -340,9 +382,13 @@ def verify_path(
     `provenance_path`: a signed provenance to check the log against (for a run folder its
     own `provenance.json` is used when not given; for a node's log, the node's audit head
     as recorded in that provenance must be in the log). A run folder without its signed
-    provenance is a problem unless `unfinished` (a run still in progress)."""
+    provenance is a problem unless `unfinished` (a run still in progress). `server_certs`:
+    every certificate the CA issued to the server, to check rotation (needs `ca_cert`)."""
     if not path.exists():
         raise AuditLogError(f"{path}: no such file or folder")
+    if server_certs is not None and ca_cert is None:
+        raise ProvenanceError("--server-cert needs --ca: the history is checked against the CA")
+    anchors = TrustAnchors(ca_cert, site_keys, server_certs)
     is_run = path.is_dir() and ((path / PROVENANCE_FILE).exists() or (path / RESULTS_FILE).exists())
     kind = "audit log" if path.is_file() else "run folder" if is_run else "node state folder"
     report = VerifyReport(path=path, kind=kind)
@@ -350,13 +396,13 @@ def verify_path(
         provenance_path = path / PROVENANCE_FILE
     document = None if provenance_path is None else _load_provenance(provenance_path, report)
     if is_run:
-        _verify_run_folder(path, report, document, ca_cert, site_keys, unfinished)
+        _verify_run_folder(path, report, document, anchors, unfinished)
         return report
     log_path = path if path.is_file() else path / AUDIT_LOG_FILE
     if not log_path.is_file():
         raise AuditLogError(f"{path}: no {AUDIT_LOG_FILE} in this folder (not a node state dir)")
     label = str(_log_label(log_path))
-    usable = document is not None and _check_provenance(document, report, ca_cert, site_keys)
+    usable = document is not None and _check_provenance(document, report, anchors)
     if label.startswith(SERVER_LABEL_PREFIX) and (usable or document is None):
         _check_server_log(log_path, document["provenance"] if document else None, report, None)
         return report

@@ -5,6 +5,9 @@ The modules, one concept each:
 
 - ``app_gate``: Which Flower Apps the coordinator's SuperLink may start: Consortia's installed
   app only.
+- ``baselines``: The baselines of a simulated study: the same study trained pooled and at each
+  training site alone, scored on the same held-out sites (`consortia run --simulation
+  --baselines`).
 - ``certs_cli``: The consortium's keys and certificates: `consortia certs init | server | site`.
 - ``demo``: `consortia demo`: a whole federation on this machine, on synthetic demo data.
 - ``local_consortium``: A whole consortium's security set-up on one machine, for `consortia
@@ -38,6 +41,30 @@ if TYPE_CHECKING:
     from consortia.server.launch.app_gate import (
         check_start_run as check_start_run,
     )
+    from consortia.server.launch.baselines import (
+        BASELINES_DIR as BASELINES_DIR,
+    )
+    from consortia.server.launch.baselines import (
+        POOLED as POOLED,
+    )
+    from consortia.server.launch.baselines import (
+        BaselinePlan as BaselinePlan,
+    )
+    from consortia.server.launch.baselines import (
+        baseline_result as baseline_result,
+    )
+    from consortia.server.launch.baselines import (
+        baseline_settings as baseline_settings,
+    )
+    from consortia.server.launch.baselines import (
+        plan_baselines as plan_baselines,
+    )
+    from consortia.server.launch.baselines import (
+        record_baselines as record_baselines,
+    )
+    from consortia.server.launch.baselines import (
+        site_toml as site_toml,
+    )
     from consortia.server.launch.certs_cli import (
         PASSPHRASE_ENV as PASSPHRASE_ENV,
     )
@@ -55,6 +82,12 @@ if TYPE_CHECKING:
     )
     from consortia.server.launch.demo import (
         DemoOptions as DemoOptions,
+    )
+    from consortia.server.launch.demo import (
+        default_rounds as default_rounds,
+    )
+    from consortia.server.launch.demo import (
+        demo_data_settings as demo_data_settings,
     )
     from consortia.server.launch.demo import (
         demo_run_settings as demo_run_settings,
@@ -135,14 +168,17 @@ __all__ = [
     "APP_COMPONENTS",
     "APP_REFUSED",
     "APP_STARTED",
+    "BASELINES_DIR",
     "CONTROL_HOST",
     "DEFAULT_CONTROL_PORT",
     "DEFAULT_FLEET_PORT",
     "FLEET_PATHS",
     "PASSPHRASE_ENV",
+    "POOLED",
     "RUNS_DIR_ENV",
     "SUPERLINK_LOG_LABEL",
     "AppRefusedError",
+    "BaselinePlan",
     "CheckedApp",
     "ControlGate",
     "DemoOptions",
@@ -150,17 +186,24 @@ __all__ = [
     "LocalConsortium",
     "SiteKeys",
     "SuperLinkEndpoints",
+    "baseline_result",
+    "baseline_settings",
     "certs_app",
     "check_fab",
     "check_start_run",
+    "default_rounds",
+    "demo_data_settings",
     "demo_run_settings",
     "init_command",
     "main",
+    "plan_baselines",
+    "record_baselines",
     "run_demo",
     "run_simulation",
     "server_command",
     "simulation_sites",
     "site_command",
+    "site_toml",
     "start_superlink",
     "submit_run",
     "superlink_args",
@@ -174,6 +217,8 @@ _EXPORTS = {
     "APP_REFUSED": "superlink_gate",
     "APP_STARTED": "superlink_gate",
     "AppRefusedError": "app_gate",
+    "BASELINES_DIR": "baselines",
+    "BaselinePlan": "baselines",
     "CONTROL_HOST": "superlink",
     "CheckedApp": "app_gate",
     "ControlGate": "superlink_gate",
@@ -184,21 +229,29 @@ _EXPORTS = {
     "FleetOnlyGate": "superlink_gate",
     "LocalConsortium": "local_consortium",
     "PASSPHRASE_ENV": "certs_cli",
+    "POOLED": "baselines",
     "RUNS_DIR_ENV": "superlink",
     "SUPERLINK_LOG_LABEL": "superlink_gate",
     "SiteKeys": "local_consortium",
     "SuperLinkEndpoints": "superlink",
+    "baseline_result": "baselines",
+    "baseline_settings": "baselines",
     "certs_app": "certs_cli",
     "check_fab": "app_gate",
     "check_start_run": "app_gate",
+    "default_rounds": "demo",
+    "demo_data_settings": "demo",
     "demo_run_settings": "demo",
     "init_command": "certs_cli",
     "main": "superlink_gate",
+    "plan_baselines": "baselines",
+    "record_baselines": "baselines",
     "run_demo": "demo",
     "run_simulation": "simulation",
     "server_command": "certs_cli",
     "simulation_sites": "simulation",
     "site_command": "certs_cli",
+    "site_toml": "baselines",
     "start_superlink": "superlink",
     "submit_run": "submit",
     "superlink_args": "superlink",

@@ -3,12 +3,15 @@ on Flower's simulation engine (the optional `simulation` extra: Ray).
 
 Each `*.toml` site config in SITES_DIR becomes one simulated SuperNode (in file-name
 order); its `[node]` table is ignored. The ServerApp and ClientApp are the same as in a
-deployment, so the results folder is the same too.
+deployment, so the results folder is the same too. `--baselines` then trains the same
+study pooled and at each training site alone, on the same held-out sites
+(`consortia.server.launch.baselines`), and writes them into results.json and the report.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -17,6 +20,13 @@ from consortia.common.config.settings import RunSettings, load_site_settings
 from consortia.common.errors import ConfigError, ConsortiaError
 from consortia.common.processes import ProcessGroup, free_port
 from consortia.server.control import SuperLinkConnection
+from consortia.server.launch.baselines import (
+    BASELINES_DIR,
+    baseline_result,
+    baseline_settings,
+    plan_baselines,
+    record_baselines,
+)
 from consortia.server.launch.submit import submit_run, write_app_dir
 from consortia.server.launch.superlink import start_superlink
 from consortia.server.report.progress import watch_run
@@ -42,26 +52,19 @@ def simulation_sites(sites_dir: Path) -> list[Path]:
     return configs
 
 
-def run_simulation(
+def _simulate(
     settings: RunSettings,
     run_name: str,
-    sites_dir: Path,
+    configs: Sequence[Path],
     runs_dir: Path,
     work_dir: Path,
     console: Console,
-    *,
-    cpus_per_site: int = 1,
+    cpus_per_site: int,
 ) -> Path:
-    """Run the study on Flower's simulation engine; returns the run folder."""
-    if importlib.util.find_spec("ray") is None:
-        raise ConsortiaError(
-            "Flower's simulation engine needs the 'simulation' extra: "
-            "pip install 'consortia[simulation]'"
-        )
-    configs = simulation_sites(sites_dir)
+    """One run on a fresh simulation SuperLink, followed to its end; its run folder."""
     if settings.min_sites > len(configs):
         raise ConfigError(
-            f"run: min_sites = {settings.min_sites} but {sites_dir} holds {len(configs)} sites"
+            f"run: min_sites = {settings.min_sites} but the simulation has {len(configs)} sites"
         )
     port = free_port()
     run_dir = runs_dir.resolve() / run_name
@@ -87,4 +90,71 @@ def run_simulation(
             console=console,
             check_alive=group.check_alive,
         )
+    return run_dir
+
+
+def _run_baselines(
+    settings: RunSettings,
+    run_dir: Path,
+    configs: Sequence[Path],
+    work_dir: Path,
+    console: Console,
+    cpus_per_site: int,
+) -> None:
+    """Train the pooled and local-only baselines, write them into the run's results.json
+    and write the run's report (docs/performance.md, "Baselines")."""
+    # Loaded here: the report's imports (matplotlib) stay out of `consortia --help`.
+    from consortia.server.report.writer import REPORT_DIR, write_report
+
+    plans = plan_baselines(configs, settings, work_dir)
+    results = {}
+    for plan in plans:
+        console.print(
+            f"Baseline [bold]{plan.label}[/]: training on {', '.join(plan.training_sites)}, "
+            "scored on the held-out sites."
+        )
+        baseline_dir = _simulate(
+            baseline_settings(settings, plan),
+            f"{run_dir.name}-{plan.label}",
+            plan.configs,
+            run_dir / BASELINES_DIR,
+            work_dir / BASELINES_DIR / plan.label,
+            console,
+            cpus_per_site,
+        )
+        results[plan.label] = baseline_result(plan, baseline_dir)
+    record_baselines(run_dir, results)
+    write_report(run_dir, run_dir / REPORT_DIR)
+    console.print(f"Baselines written into {run_dir / 'results.json'} and its report.")
+
+
+def run_simulation(
+    settings: RunSettings,
+    run_name: str,
+    sites_dir: Path,
+    runs_dir: Path,
+    work_dir: Path,
+    console: Console,
+    *,
+    cpus_per_site: int = 1,
+    baselines: bool = False,
+) -> Path:
+    """Run the study on Flower's simulation engine; returns the run folder. With
+    `baselines`, then the same study pooled and at each training site alone
+    (`consortia.server.launch.baselines`)."""
+    if importlib.util.find_spec("ray") is None:
+        raise ConsortiaError(
+            "Flower's simulation engine needs the 'simulation' extra: "
+            "pip install 'consortia[simulation]'"
+        )
+    configs = simulation_sites(sites_dir)
+    if settings.min_sites > len(configs):
+        raise ConfigError(
+            f"run: min_sites = {settings.min_sites} but {sites_dir} holds {len(configs)} sites"
+        )
+    if baselines:  # refuse a folder the baselines cannot use before anything trains
+        plan_baselines(configs, settings, work_dir / "baselines-check")
+    run_dir = _simulate(settings, run_name, configs, runs_dir, work_dir, console, cpus_per_site)
+    if baselines:
+        _run_baselines(settings, run_dir, configs, work_dir, console, cpus_per_site)
     return run_dir

@@ -8,6 +8,8 @@ The modules, one concept each:
   `provenance.json` (and shared saliency maps), never from anything a site did not send.
 - ``figures``: The report's figures, drawn with matplotlib (headless Agg canvas) from
   `report_data.build_report`'s data, one PNG per figure.
+- ``mlflow_log``: MLflow tracking of a run from its folder: params, per-round and per-site
+  metrics, the report.
 - ``page``: The report as one self-contained HTML page (figures embedded as data URIs), rendered
   with Jinja2 (every value escaped) from `report_data.build_report`'s data.
 - ``progress``: Live progress of a run on the console, read from the run folder's audit log
@@ -32,7 +34,13 @@ if TYPE_CHECKING:
         build_report as build_report,
     )
     from consortia.server.report.data import (
+        distance_unit as distance_unit,
+    )
+    from consortia.server.report.data import (
         load_results as load_results,
+    )
+    from consortia.server.report.data import (
+        metric_units as metric_units,
     )
     from consortia.server.report.data import (
         primary_metric as primary_metric,
@@ -51,6 +59,24 @@ if TYPE_CHECKING:
     )
     from consortia.server.report.figures import (
         write_figures as write_figures,
+    )
+    from consortia.server.report.mlflow_log import (
+        INSTALL_HINT as INSTALL_HINT,
+    )
+    from consortia.server.report.mlflow_log import (
+        LOGGED_ROUND_TAG as LOGGED_ROUND_TAG,
+    )
+    from consortia.server.report.mlflow_log import (
+        RUN_NAME_TAG as RUN_NAME_TAG,
+    )
+    from consortia.server.report.mlflow_log import (
+        log_run as log_run,
+    )
+    from consortia.server.report.mlflow_log import (
+        run_params as run_params,
+    )
+    from consortia.server.report.mlflow_log import (
+        track_run as track_run,
     )
     from consortia.server.report.page import (
         render_html as render_html,
@@ -129,12 +155,15 @@ __all__ = [
     "FIGURE_EPSILON",
     "FIGURE_LEARNING_CURVES",
     "FIGURE_PARTICIPATION",
+    "INSTALL_HINT",
+    "LOGGED_ROUND_TAG",
     "PRIVACY_PREFIX",
     "REPORT_DIR",
     "REPORT_HTML",
     "REPORT_JSON",
     "REPORT_SCHEMA",
     "ROUND_PREFIX",
+    "RUN_NAME_TAG",
     "SETTINGS_TAG",
     "SITE_SCOPE",
     "TENSORBOARD_DIR",
@@ -143,16 +172,21 @@ __all__ = [
     "RunProgress",
     "TensorBoardLog",
     "build_report",
+    "distance_unit",
     "export_run",
     "final_table",
     "follow_run",
     "headline_metric",
     "load_results",
+    "log_run",
+    "metric_units",
     "open_tensorboard",
     "primary_metric",
     "privacy_table",
     "render_html",
     "round_scalars",
+    "run_params",
+    "track_run",
     "watch_run",
     "write_figures",
     "write_report",
@@ -165,12 +199,15 @@ _EXPORTS = {
     "FIGURE_EPSILON": "figures",
     "FIGURE_LEARNING_CURVES": "figures",
     "FIGURE_PARTICIPATION": "figures",
+    "INSTALL_HINT": "mlflow_log",
+    "LOGGED_ROUND_TAG": "mlflow_log",
     "PRIVACY_PREFIX": "tensorboard_log",
     "REPORT_DIR": "writer",
     "REPORT_HTML": "writer",
     "REPORT_JSON": "writer",
     "REPORT_SCHEMA": "data",
     "ROUND_PREFIX": "tensorboard_log",
+    "RUN_NAME_TAG": "mlflow_log",
     "ReportError": "data",
     "RunProgress": "progress",
     "SETTINGS_TAG": "tensorboard_log",
@@ -179,16 +216,21 @@ _EXPORTS = {
     "TRAIN_PREFIX": "tensorboard_log",
     "TensorBoardLog": "tensorboard_log",
     "build_report": "data",
+    "distance_unit": "data",
     "export_run": "tensorboard_log",
     "final_table": "progress",
     "follow_run": "progress",
     "headline_metric": "progress",
     "load_results": "data",
+    "log_run": "mlflow_log",
+    "metric_units": "data",
     "open_tensorboard": "tensorboard_log",
     "primary_metric": "data",
     "privacy_table": "progress",
     "render_html": "page",
     "round_scalars": "tensorboard_log",
+    "run_params": "mlflow_log",
+    "track_run": "mlflow_log",
     "watch_run": "progress",
     "write_figures": "figures",
     "write_report": "writer",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +32,9 @@ __all__ = [
     "REPORT_SCHEMA",
     "ReportError",
     "build_report",
+    "distance_unit",
     "load_results",
+    "metric_units",
     "primary_metric",
 ]
 
@@ -39,13 +42,31 @@ REPORT_SCHEMA: Final = "consortia.report/1"
 # Metrics of the cross-site table, in order, per task.
 _TABLE_METRICS: Final = {
     "segmentation": ("dice", "iou", "hd95", "asd"),
-    "classification": ("auc", "accuracy", "sensitivity", "specificity", "f1"),
+    "classification": ("auc", "balanced_accuracy", "accuracy", "sensitivity", "specificity", "f1"),
 }
 _POOLED_LABELS: Final = {
     HOLDOUT: "held-out sites (pooled)",
     TRAINING_SITES: "training sites (pooled)",
 }
 _NO_EVALUATION: Final = Evaluation()
+# Units of the metrics: overlap and classification scores are fractions; surface distances
+# are in mm where the run's plan resampled to a spacing (`[run.plan] target_spacing`),
+# else in voxels (pixels in 2D).
+_FRACTION: Final = "0-1"
+_DISTANCES: Final = ("hd95", "asd")
+# Strategy settings by the strategies that use them (the others do not apply).
+_STRATEGY_FIELDS: Final = {
+    "proximal_mu": ("fedprox",),
+    "server_learning_rate": ("fedadam", "fedyogi", "fedavgm"),
+    "server_momentum": ("fedavgm",),
+    "beta_1": ("fedadam", "fedyogi"),
+    "beta_2": ("fedadam", "fedyogi"),
+    "tau": ("fedadam", "fedyogi"),
+    "trim_fraction": ("trimmed_mean",),
+    "byzantine_sites": ("krum", "multi_krum"),
+    "multi_krum_keep": ("multi_krum",),
+}
+_SGD_ONLY: Final = ("momentum", "nesterov")
 
 
 class ReportError(ConsortiaError):
@@ -66,6 +87,21 @@ def load_results(run_dir: Path) -> RunRecord:
 def primary_metric(task: str | None) -> str:
     """The metric the learning curves follow."""
     return _TABLE_METRICS.get(task or "", ("dice",))[0]
+
+
+def distance_unit(record: RunRecord) -> str:
+    """The unit of surface distances: mm where the run's plan resampled every image to a
+    spacing in mm, else voxels."""
+    settings = record.settings.model_dump() if record.settings is not None else {}
+    plan = settings.get("plan")
+    return "mm" if isinstance(plan, Mapping) and plan.get("target_spacing") else "voxels"
+
+
+def metric_units(record: RunRecord) -> dict[str, str]:
+    """Metric name -> its unit, for every metric of the run's task."""
+    metrics = _TABLE_METRICS.get(record.task or "", ("dice",))
+    distance = distance_unit(record)
+    return {metric: distance if metric in _DISTANCES else _FRACTION for metric in metrics}
 
 
 def _number(value: Any) -> float | None:
@@ -138,6 +174,43 @@ def _cross_site(record: RunRecord) -> dict[str, Any] | None:
         "replicates": intervals.replicates if intervals else None,
         "method": intervals.method if intervals else None,
     }
+
+
+def _baselines(record: RunRecord) -> dict[str, Any] | None:
+    """Federated, pooled and local-only side by side on the held-out sites (present
+    after `consortia run --simulation --baselines`)."""
+    baselines = record.baselines
+    evaluated = [e for e in record.rounds if _evaluation(e).holdout is not None]
+    if baselines is None or not evaluated:
+        return None
+    metrics = _TABLE_METRICS.get(record.task or "", ("dice",))
+    final = _evaluation(evaluated[-1])
+    intervals = final.intervals
+    rows = [
+        _row(
+            "federated",
+            ", ".join(name for name, role in sorted(record.roles().items()) if role == "train"),
+            final.holdout or {},
+            intervals.holdout if intervals else None,
+            metrics,
+        )
+    ]
+    if record.started_at and record.finished_at:
+        start = datetime.fromisoformat(record.started_at.replace("Z", "+00:00"))
+        end = datetime.fromisoformat(record.finished_at.replace("Z", "+00:00"))
+        rows[0]["wall_s"] = (end - start).total_seconds()
+    others = [("pooled", baselines.pooled)] if baselines.pooled else []
+    others += [(f"local only: {name}", result) for name, result in baselines.local.items()]
+    for label, result in others:
+        row = _row(
+            label,
+            ", ".join(result.training_sites),
+            result.holdout or {},
+            result.holdout_intervals,
+            metrics,
+        )
+        rows.append({**row, "wall_s": result.wall_s, "status": result.status})
+    return {"metrics": list(metrics), "rows": rows}
 
 
 def _privacy(record: RunRecord) -> dict[str, Any]:
@@ -284,13 +357,31 @@ def _run_summary(record: RunRecord) -> dict[str, Any]:
 
 
 def _settings(record: RunRecord) -> dict[str, Any]:
+    """The settings sections, each with only the settings that apply to this run (no
+    FedAdam rates under FedAvg, no momentum without SGD, no SecAgg+ knobs when off)."""
     settings = record.settings
+    if settings is None:
+        return dict.fromkeys(("model", "training", "strategy", "validation"))
+    strategy = dict(settings.strategy or {})
+    name = strategy.get("name")
+    for key, users in _STRATEGY_FIELDS.items():
+        if name not in users:
+            strategy.pop(key, None)
+    training = dict(settings.training or {})
+    if training.get("optimizer") != "sgd":
+        for key in _SGD_ONLY:
+            training.pop(key, None)
+    if not training.get("flip_axes"):
+        training.pop("flip_axes", None)
+    secure = dict(settings.secure_aggregation or {})
+    if secure.get("mode") == "off":
+        secure = {"mode": "off"}
     return {
-        "model": settings.model if settings else None,
-        "training": settings.training if settings else None,
-        "strategy": settings.strategy if settings else None,
-        "validation": settings.validation if settings else None,
-        "secure_aggregation": settings.secure_aggregation if settings else None,
+        "model": settings.model,
+        "training": training or None,
+        "strategy": strategy or None,
+        "validation": settings.validation,
+        "secure_aggregation": secure or None,
     }
 
 
@@ -328,8 +419,10 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         ],
         "learning_curves": _curves(record, primary_metric(record.task)),
         "cross_site": _cross_site(record),
+        "baselines": _baselines(record),
         "privacy": _privacy(record),
         "participation": _participation(record),
+        "units": metric_units(record),
         "settings": _settings(record),
         "security": _security(record),
         "provenance": _provenance(run_dir, record),

@@ -34,6 +34,10 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; 
 <b id="run-status" class="status-{{ run.status }}">{{ run.status }}</b>;
 rounds {{ run.rounds_done }} of {{ run.rounds_planned }}; started {{ run.started_at }},
 finished {{ run.finished_at or "not yet" }} (UTC). Flower run {{ run.flower_run_id }}.</p>
+{% set init = settings.model.get("init") if settings.model else None %}<p id="warm-start">
+{% if init %}Starts from the approved warm start <code>{{ init.path }}</code>, weights SHA-256
+<code>{{ init.sha256 }}</code>.{% else %}Starts from the run-seeded model (no warm start).
+{% endif %}</p>
 {% if run.error %}<p class="status-failed">Error: {{ run.error }}</p>{% endif %}
 {% if run.stopped %}<p class="status-stopped">Stopped in round {{ run.stopped.round }}:
 {{ run.stopped.reason }}</p>{% endif %}
@@ -53,7 +57,7 @@ ca.pem</code>.</p>
 
 <h2>Learning curves</h2>
 {{ figure("learning-curves", "Learning curves") }}
-<table id="learning-curves"><tr><th>{{ curves.metric }}</th>
+<table id="learning-curves"><tr><th>{{ curves.metric }}{{ unit(curves.metric) }}</th>
 {% for r in curves.rounds %}<th>round {{ r }}</th>{% endfor %}</tr>
 {% for label, values in curves.series.items() %}<tr><td>{{ label }}</td>
 {% for v in values %}<td class="num">{{ fmt(v) }}</td>{% endfor %}</tr>{% endfor %}
@@ -67,7 +71,7 @@ ca.pem</code>.</p>
 intervals, {{ cross.method }}, {{ cross.replicates }} replicates.
 {% else %}No confidence intervals were recorded for this run.{% endif %}</p>
 <table id="cross-site"><tr><th>evaluated on</th><th>role</th><th>cases</th>
-{% for m in cross.metrics %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for m in cross.metrics %}<th>{{ m }}{{ unit(m) }}</th>{% endfor %}</tr>
 {% for row in cross.rows %}<tr><td>{{ row.name }}</td><td>{{ row.scope }}</td>
 <td class="num">{{ fmt(row.cases, 0) }}</td>
 {% for m in cross.metrics %}<td class="num">{{ fmt(row["values"][m]) }}
@@ -75,6 +79,21 @@ intervals, {{ cross.method }}, {{ cross.replicates }} replicates.
 {{ fmt(row.intervals[m][1]) }}]</span>{% endif %}</td>{% endfor %}</tr>{% endfor %}
 </table>
 {% else %}<p>No evaluation was recorded.</p>{% endif %}
+{% if baselines %}
+<h2>Baselines</h2>
+<p>The same study (settings, rounds, epochs) trained federated, pooled (every training
+site's training cases in one place, in simulation) and at each training site alone, all
+scored on the same held-out sites' cases (95% bootstrap confidence intervals in brackets).</p>
+<table id="baselines"><tr><th>trained</th><th>on the training cases of</th><th>cases</th>
+{% for m in baselines.metrics %}<th>{{ m }}{{ unit(m) }}</th>{% endfor %}<th>wall s</th></tr>
+{% for row in baselines.rows %}<tr><td>{{ row.name }}</td><td>{{ row.scope }}</td>
+<td class="num">{{ fmt(row.cases, 0) }}</td>
+{% for m in baselines.metrics %}<td class="num">{{ fmt(row["values"][m]) }}
+{% if row.intervals[m] %}<span class="ci">[{{ fmt(row.intervals[m][0]) }},
+{{ fmt(row.intervals[m][1]) }}]</span>{% endif %}</td>{% endfor %}
+<td class="num">{{ fmt(row.get("wall_s"), 0) }}</td></tr>{% endfor %}
+</table>
+{% endif %}
 
 <h2>Privacy</h2>
 <p>Sample-level DP-SGD at the sites:
@@ -88,6 +107,7 @@ Central DP at the server:
 {{ privacy.central.noise_multiplier }}, clipping norm {{ privacy.central.clipping_norm }},
 epsilon {{ fmt(privacy.central.epsilon) }} at delta {{ privacy.central.delta }})
 {% else %}<b>off</b>{% endif %}.</p>
+{% if privacy.sites and privacy.sample_level and privacy.sample_level.enabled %}
 {{ figure("epsilon", "Epsilon per site and round") }}
 <table id="privacy"><tr><th>site</th><th>limit (epsilon)</th><th>delta</th>
 <th>before this run</th><th>after this run</th><th>excluded</th>
@@ -99,6 +119,7 @@ epsilon {{ fmt(privacy.central.epsilon) }} at delta {{ privacy.central.delta }})
 <td>{% for r in s.per_round %}r{{ r.round }}: {{ fmt(r.epsilon, 3) }}{% if not loop.last %},
 {% endif %}{% endfor %}</td></tr>{% endfor %}
 </table>
+{% endif %}
 
 <h2>Participants and dropouts</h2>
 {{ figure("participation", "Participants per round") }}
@@ -160,6 +181,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _unit(units: Mapping[str, str], metric: str) -> str:
+    """ " (mm)" after a metric's name in a table heading; "" where its unit is unknown."""
+    unit = units.get(metric)
+    return f" ({unit})" if unit else ""
+
+
 def render_html(report: Mapping[str, Any], figures: Mapping[str, Path], run_dir: Path) -> str:
     """The page; `figures` maps figure names to their PNG files (embedded), saliency maps
     are read from `run_dir`."""
@@ -187,6 +214,7 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, Path], run_dir:
         sites=report["sites"],
         curves=report["learning_curves"],
         cross=report["cross_site"],
+        baselines=report.get("baselines"),
         privacy=report["privacy"],
         participation=report["participation"],
         settings=report["settings"],
@@ -195,4 +223,5 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, Path], run_dir:
         saliency=saliency,
         figure=figure,
         fmt=_fmt,
+        unit=lambda metric: _unit(report.get("units") or {}, metric),
     )

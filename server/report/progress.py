@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from consortia.common.audit.log import RUN_FAILED, RUN_FINISHED
+from consortia.common.audit.log import RUN_FAILED, RUN_FINISHED, RUN_RESUMED
 from consortia.common.audit.provenance import PROVENANCE_FILE
 from consortia.common.config.settings import Role, Task
 from consortia.common.errors import ConsortiaError
@@ -72,6 +72,8 @@ class RunProgress:
         elif kind == "evaluated":
             holdout = event.get("holdout") or {}
             self.holdout[int(event["round"])] = holdout.get(metric)
+        elif kind == RUN_RESUMED:  # a resumed run goes on after its earlier end
+            self.finished = self.reason = None
         elif kind in _TERMINAL:
             self.finished = kind
             self.reason = event.get("reason")
@@ -229,7 +231,7 @@ def watch_run(
             run_dir, rounds, task, console=console, check_alive=check_alive, timeout_s=timeout_s
         )
     except KeyboardInterrupt:
-        stop_run(run_id, connection)
+        stop_run(run_id, connection, run_dir=run_dir)
         raise
     record = read_record(run_dir)
     console.print(final_table(record))

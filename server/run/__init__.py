@@ -12,8 +12,9 @@ The modules, one concept each:
 - ``privacy``: The server's side of privacy: what each site reports it spent, kept in the run
   folder, and which sites left training because their privacy policy refused a round.
 - ``provenance``: The provenance file a run leaves behind: what ran (config and code hashes),
-  who took part, each round's global model hash, the DP parameters, whether updates were
-  securely aggregated, and the head of the audit log, signed with the server's key.
+  who took part, each round's global model hash (round 0 also names the approved warm start, if
+  any), the DP parameters, whether updates were securely aggregated, and the head of the audit
+  log, signed with the server's key.
 - ``record``: The typed run record: one pydantic model for a run folder's `results.json`.
 - ``round_aggregation``: Closing a round: its aggregation's plan recorded, the trainers' replies
   checked, the quorum kept, the next model aggregated, checkpointed, audited and recorded.
@@ -108,6 +109,12 @@ if TYPE_CHECKING:
     )
     from consortia.server.run.record import (
         AppRecord as AppRecord,
+    )
+    from consortia.server.run.record import (
+        BaselineResult as BaselineResult,
+    )
+    from consortia.server.run.record import (
+        Baselines as Baselines,
     )
     from consortia.server.run.record import (
         CentralPrivacyRecord as CentralPrivacyRecord,
@@ -271,6 +278,8 @@ __all__ = [
     "STATE_FILE",
     "TRAINING_SITES",
     "AppRecord",
+    "BaselineResult",
+    "Baselines",
     "CentralPrivacyRecord",
     "CentralRelease",
     "Evaluation",
@@ -329,6 +338,8 @@ __all__ = [
 _EXPORTS = {
     "AppRecord": "record",
     "BOOTSTRAP_METHOD": "evaluation",
+    "BaselineResult": "record",
+    "Baselines": "record",
     "CentralPrivacyRecord": "record",
     "CentralRelease": "record",
     "EVENTS_FILE": "folder",

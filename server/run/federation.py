@@ -26,6 +26,7 @@ from consortia.common.audit.log import (
 from consortia.common.config.settings import Role, RunSettings
 from consortia.common.errors import ConsortiaError
 from consortia.common.networks.models import build_model
+from consortia.common.networks.warm_start import WARM_START, load_warm_start
 from consortia.common.networks.weights import WeightLayout
 from consortia.common.wire.run_identity import RunIdentity
 from consortia.server.aggregation.aggregation import Aggregation
@@ -213,6 +214,11 @@ class Federation:
         """Discover sites, run every round, evaluate the final model; returns its weights.
         When a round's quorum cannot be met the run stops (`stopped` says why) with its
         state saved after the last completed round, to resume from later."""
+        if self.settings.model.init is not None and self.resume_from is None:
+            # the approved warm start, checked before any site is asked
+            warm = load_warm_start(self.settings, self.layout)
+            self.initial_weights = warm.weights
+            self.folder.event(WARM_START, **warm.to_record())
         self.roster.discover_sites()
         first_round, weights = self._start()
         for round_number in range(first_round, self.settings.rounds + 1):

@@ -1,6 +1,7 @@
 """The provenance file a run leaves behind: what ran (config and code hashes), who took
-part, each round's global model hash, the DP parameters, whether updates were securely
-aggregated, and the head of the audit log, signed with the server's key."""
+part, each round's global model hash (round 0 also names the approved warm start, if
+any), the DP parameters, whether updates were securely aggregated, and the head of the
+audit log, signed with the server's key."""
 
 from __future__ import annotations
 
@@ -39,11 +40,14 @@ def build_provenance(folder: RunFolder, settings: RunSettings, identity: RunIden
         }
         for site in record.sites
     ]
+    init = settings.model.init
     rounds = [
         {
             "round": entry.round,
             "global_model_sha256": entry.model_sha256,
             "participants": entry.participants or [],
+            # round 0 of a warm start: the approved weights (their hash, as the sites check it)
+            **({"init": init.model_dump(mode="json")} if entry.round == 0 and init else {}),
         }
         for entry in record.rounds
         if entry.model_sha256

@@ -31,6 +31,8 @@ __all__ = [
     "RESULTS_SCHEMA",
     "TRAINING_SITES",
     "AppRecord",
+    "BaselineResult",
+    "Baselines",
     "CentralPrivacyRecord",
     "CentralRelease",
     "Evaluation",
@@ -285,6 +287,27 @@ class ResumedRecord(_Record):
     after_round: int
 
 
+class BaselineResult(_Record):
+    """`baselines.pooled` / `baselines.local[site]`: one baseline of the study (the same
+    settings, rounds and epochs, trained on other data), its final model on the held-out
+    sites."""
+
+    run_name: str
+    training_sites: list[str]
+    status: str | None = None
+    holdout: Metrics | None = None
+    holdout_intervals: IntervalMap | None = None
+    wall_s: float | None = None
+
+
+class Baselines(_Record):
+    """`baselines`: the study trained pooled and at each training site alone (`consortia
+    run --simulation --baselines`), scored on the same held-out sites as the federation."""
+
+    pooled: BaselineResult | None = None
+    local: dict[str, BaselineResult] = Field(default_factory=dict)
+
+
 class RunRecord(_Record):
     """The whole of `results.json` (docs/results-schema.md)."""
 
@@ -309,6 +332,7 @@ class RunRecord(_Record):
     secure_aggregation: SecureAggregationDecision | None = None
     node_audit_heads: dict[str, str] = Field(default_factory=dict)
     ledger_heads: dict[str, LedgerHeadRecord] = Field(default_factory=dict)
+    baselines: Baselines | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
 

@@ -5,15 +5,15 @@ Studies (simulated sites of public data; configs/real/, docs/data.md):
 
 - ``hippocampus``: MSD Task04 hippocampus MRI (3D, 3 labels), three training sites and
   the held-out site of ``configs/real/run-hippocampus-no-dp.toml``;
-- ``pneumoniamnist``: PneumoniaMNIST (2D, 2 classes), ``configs/real/run-pneumoniamnist.toml``
-  without DP.
+- ``pneumoniamnist``: PneumoniaMNIST (2D, 2 classes),
+  ``configs/real/run-pneumoniamnist-no-dp.toml`` (the classification recipe).
 
 Every mode uses the site code (`consortia.client.training.trainer`: the same data loading,
 preprocessing, loss, optimiser and learning-rate schedule as a node) in one process:
 
-- ``federated``: FedAvg over the training sites' updates, weighted by their example counts
-  (what the server's ``fedavg`` strategy computes), round by round, the round's rate from
-  the run's schedule (`RoundRecipe.for_round`);
+- ``federated``: the run's ``[run.strategy]`` (the server's own aggregation code: FedAvg,
+  FedAvgM, ...) over the training sites' models, weighted by their example counts, round
+  by round, the round's rate from the run's schedule (`RoundRecipe.for_round`);
 - ``pooled``: every training site's training cases as one site, ``rounds x local_epochs``
   epochs with one optimiser and the same schedule over the whole training;
 - ``local``: each training site alone, the same number of epochs.
@@ -52,6 +52,8 @@ from consortia.common.config.lr_schedule import Schedule
 from consortia.common.config.settings import RunSettings, Task, load_run_settings
 from consortia.common.metrics.exact import finalize_classification, finalize_segmentation
 from consortia.common.networks.models import build_model
+from consortia.server.aggregation.factory import build_strategy
+from consortia.server.aggregation.strategy import SiteUpdate
 
 __all__ = ["STUDIES", "Study", "federated", "load_study", "local_only", "main", "pooled"]
 
@@ -66,7 +68,7 @@ STUDIES = {
         MANIFESTS / "hippocampus-holdout.toml",
     ),
     "pneumoniamnist": (
-        ROOT / "configs" / "real" / "run-pneumoniamnist.toml",
+        ROOT / "configs" / "real" / "run-pneumoniamnist-no-dp.toml",
         [MANIFESTS / f"pneumoniamnist-{s}.toml" for s in "abc"],
         MANIFESTS / "pneumoniamnist-holdout.toml",
     ),
@@ -86,28 +88,28 @@ class Study:
 
 def demo_settings() -> RunSettings:
     """The run settings `consortia demo --no-dp` uses."""
-    from consortia.server.launch.demo import DemoOptions, demo_run_settings
+    from consortia.server.launch.demo import DemoOptions, default_rounds, demo_run_settings
 
-    return demo_run_settings(DemoOptions(dp=False), "demo")
+    options = DemoOptions(dp=False, rounds=default_rounds(Task.SEGMENTATION, dp=False))
+    return demo_run_settings(options, "demo")
 
 
 def _load_demo(cache_dir: Path, settings: RunSettings) -> Study:
     """`consortia demo`'s synthetic sites (0-2 train, 3 held out), generated as it does."""
-    from consortia.client.data.site_data import load_npz_splits
-    from consortia.common.demo.data import DemoDataSettings, write_site_npz
-    from consortia.server.launch.demo import DemoOptions
+    import hashlib
 
-    options = DemoOptions(dp=False)
-    data = DemoDataSettings(
-        image_size=options.image_size,
-        train_cases=options.train_cases,
-        test_cases=options.test_cases,
-        seed=options.seed,
-    )
+    from consortia.client.data.site_data import load_npz_splits
+    from consortia.common.demo.data import site_profile, write_site_npz
+    from consortia.server.launch.demo import DemoOptions, demo_data_settings
+
+    options = DemoOptions(dp=False, task=settings.task)
+    data = demo_data_settings(options)
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(options.sites):
-        path = cache_dir / f"demo-{index}-{options.train_cases}-{options.image_size}.npz"
+        # The file name changes with the generator's settings and the site's profile.
+        key = hashlib.sha256(repr((data, site_profile(index))).encode()).hexdigest()[:12]
+        path = cache_dir / f"demo-{index}-{key}.npz"
         if not path.is_file():
             write_site_npz(path, index, data)
         paths.append(path)
@@ -129,10 +131,13 @@ def load_study(name: str, cache_dir: Path, settings: RunSettings | None = None) 
             update={"privacy": settings.privacy.model_copy(update={"enabled": False})}
         )
     sites = {
-        path.stem: SiteDataset.open(path, cache_dir=cache_dir).load(settings.task, ("train",))
+        path.stem: SiteDataset.open(path, cache_dir=cache_dir, plan=settings.plan).load(
+            settings.task, ("train",)
+        )
         for path in manifests
     }
-    held = SiteDataset.open(holdout, cache_dir=cache_dir).load(settings.task, ALL_SPLITS)
+    opened = SiteDataset.open(holdout, cache_dir=cache_dir, plan=settings.plan)
+    held = opened.load(settings.task, ALL_SPLITS)
     return Study(settings, sites, held)
 
 
@@ -172,16 +177,17 @@ def _model(settings: RunSettings) -> nn.Module:
 
 
 def federated(study: Study, *, every_round: bool = True) -> dict[str, Any]:
-    """FedAvg over the training sites; held-out metrics after every round."""
+    """The run's `[run.strategy]` (the server's own code) over the training sites' models;
+    held-out metrics after every round."""
     s = study.settings
     model = _model(s)
+    strategy = build_strategy(s.strategy)
     curve: list[float] = []
     start = time.perf_counter()
     for round_number in range(1, s.rounds + 1):
-        plan = RoundRecipe.for_round(s.training, round_number, s.rounds)
-        total = torch.zeros_like(_vector(model))
-        examples = 0
-        for index, data in enumerate(study.sites.values()):
+        plan = RoundRecipe.for_round(s.training, round_number, s.rounds, s.plan)
+        updates: list[SiteUpdate] = []
+        for index, (name, data) in enumerate(study.sites.items()):
             local = copy.deepcopy(model)
             result = train_local(
                 local,
@@ -194,9 +200,10 @@ def federated(study: Study, *, every_round: bool = True) -> dict[str, Any]:
                 device=torch.device("cpu"),
                 recipe=plan,
             )
-            total += _vector(local) * result.num_examples
-            examples += result.num_examples
-        _load_vector(model, total / examples)
+            vector = _vector(local).numpy().astype(np.float32)
+            updates.append(SiteUpdate(name, vector, float(result.num_examples)))
+        current = _vector(model).numpy().astype(np.float32)
+        _load_vector(model, torch.from_numpy(strategy.aggregate(current, updates).weights))
         if every_round or round_number == s.rounds:
             metrics = evaluate(model, study)
             curve.append(_headline(s.task, metrics))
@@ -214,7 +221,7 @@ def _central(study: Study, data: SiteArrays, label: str) -> dict[str, Any]:
     # The whole training is one "round" of the schedule; warm-up keeps its share.
     warmup = 1 if t.warmup_rounds else 0
     schedule = Schedule(t.learning_rate, t.schedule, total_rounds=1, warmup_rounds=warmup)
-    plan = replace(RoundRecipe.for_round(t, 1, s.rounds), schedule=schedule, round=1)
+    plan = replace(RoundRecipe.for_round(t, 1, s.rounds, s.plan), schedule=schedule, round=1)
     model = _model(s)
     start = time.perf_counter()
     train_local(
@@ -238,7 +245,9 @@ def pooled(study: Study) -> dict[str, Any]:
     """All training sites' training cases as one site."""
     data = list(study.sites.values())
     joined = SiteArrays(
-        np.concatenate([d.images for d in data]), np.concatenate([d.targets for d in data])
+        np.concatenate([d.images for d in data]),
+        np.concatenate([d.targets for d in data]),
+        study.settings.plan,
     )
     return _central(study, joined, "pooled")
 
@@ -252,21 +261,31 @@ def _headline(task: Task, metrics: dict[str, float]) -> float:
     return float(metrics["dice"] if task is Task.SEGMENTATION else metrics["auc"])
 
 
+def _score(final: dict[str, float], metric: str) -> str:
+    """A table cell: the metric, and balanced accuracy beside AUC."""
+    if metric == "auc":
+        return f"{final['auc']:.3f} / {final['balanced_accuracy']:.3f}"
+    return f"{final[metric]:.3f}"
+
+
 def table(results: dict[str, Any]) -> str:
     """The markdown rows of docs/performance.md for one benchmark's JSON."""
     metric = "dice" if results["settings"]["task"] == "segmentation" else "auc"
-    rows = [f"| mode | held-out {metric} | wall s |", "|---|---|---|"]
+    label = "auc / balanced accuracy" if metric == "auc" else metric
+    rows = [f"| mode | held-out {label} | wall s |", "|---|---|---|"]
     if "federated" in results:
         fed = results["federated"]
         curve = ", ".join(f"{v:.3f}" for v in fed["curve"])
         rows.append(
-            f"| federated (per round: {curve}) | {fed['final'][metric]:.3f} | {fed['wall_s']:.0f} |"
+            f"| federated (per round: {curve}) | {_score(fed['final'], metric)} "
+            f"| {fed['wall_s']:.0f} |"
         )
     if "pooled" in results:
-        pooled_run = results["pooled"]
-        rows.append(f"| pooled | {pooled_run['final'][metric]:.3f} | {pooled_run['wall_s']:.0f} |")
+        run = results["pooled"]
+        rows.append(f"| pooled | {_score(run['final'], metric)} | {run['wall_s']:.0f} |")
     for name, run in results.get("local", {}).items():
-        rows.append(f"| local only: {name} | {run['final'][metric]:.3f} | {run['wall_s']:.0f} |")
+        score = _score(run["final"], metric)
+        rows.append(f"| local only: {name} | {score} | {run['wall_s']:.0f} |")
     return "\n".join(rows)
 
 
@@ -286,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], help="override a [run.training] key: KEY=VALUE"
     )
+    parser.add_argument(
+        "--set-plan", action="append", default=[], help="override a [run.plan] key: KEY=VALUE"
+    )
+    parser.add_argument("--no-plan", action="store_true", help="drop the run's [run.plan]")
     parser.add_argument("--cache", type=Path, default=Path(".benchmark-cache"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -295,6 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     update: dict[str, Any] = {"training": type(training).model_validate(training.model_dump())}
     if args.rounds:
         update["rounds"] = args.rounds
+    if args.no_plan:
+        update["plan"] = None
+    elif args.set_plan and config.plan is not None:
+        update["plan"] = config.plan.model_copy(update=_training_overrides(args.set_plan))
     settings = RunSettings.model_validate({**config.model_dump(), **update})
     study = load_study(args.study, args.cache, settings)
     results: dict[str, Any] = {

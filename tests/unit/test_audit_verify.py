@@ -399,3 +399,137 @@ def test_compare_two_provenance_copies(layout: Layout, tmp_path: Path) -> None:
     assert code == 1 and "DIFFERENT" in output and "fields that differ: status" in output
     copy.write_text("{}")
     assert _invoke("compare", layout.provenance, copy)[0] == 2
+
+
+# -- red-team F8: certificate and key rotation ---------------------------------------------
+
+
+def _issue(not_before: datetime, *, ca: Any = None) -> tuple[Any, bytes]:
+    """A server key and certificate issued by the test CA (or by `ca`: (key, cert))."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key, ca_cert = ca or (AUTHORITY.ca_key, AUTHORITY.ca_cert)
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "consortia-server")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(NOW + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA384())
+    )
+    return key, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _resign(layout: Layout, key: Any, cert_pem: bytes) -> None:
+    document = json.loads(layout.provenance.read_text())
+    write_provenance(layout.provenance, sign_provenance(document["provenance"], key, cert_pem))
+
+
+def _history(layout: Layout, *pems: bytes) -> list[str]:
+    args = []
+    for index, pem in enumerate(pems):
+        path = layout.ca.parent / f"server-{index}.pem"
+        path.write_bytes(pem)
+        args += ["--server-cert", str(path)]
+    return args
+
+
+def test_f8_a_provenance_signed_with_a_rotated_out_certificate_is_flagged(layout: Layout) -> None:
+    """The server certificate was replaced an hour ago (the old key was stolen, say);
+    the old key signs a provenance of a run that ended now. Its certificate is still
+    within its validity, so only the rotation history shows it must no longer sign."""
+    _, new_pem = _issue(NOW - timedelta(hours=1))
+    old_pem = AUTHORITY.server_cert_pem  # the layout's provenance is signed with it
+    code, report = _verify(layout.run, "--ca", layout.ca)
+    assert code == 0, "without the history the old key's signature passes"
+    code, report = _verify(layout.run, "--ca", layout.ca, *_history(layout, old_pem, new_pem))
+    assert code == 1 and report["verdict"] == "ALTERED OR DAMAGED"
+    assert any("rotated out" in problem for problem in report["problems"]), report
+
+
+def test_f8_the_current_certificate_signs_after_the_rotation_and_the_old_one_before(
+    layout: Layout,
+) -> None:
+    new_key, new_pem = _issue(NOW - timedelta(hours=1))
+    old_pem = AUTHORITY.server_cert_pem
+    _resign(layout, new_key, new_pem)  # the successor signs after the rotation: fine
+    code, report = _verify(layout.run, "--ca", layout.ca, *_history(layout, old_pem, new_pem))
+    assert code == 0 and report["problems"] == [], report
+    # a rotation planned for later: the old certificate still signs today
+    _, later_pem = _issue(datetime.now(UTC) + timedelta(hours=1))
+    _resign(layout, AUTHORITY.server_key, old_pem)
+    code, report = _verify(layout.run, "--ca", layout.ca, *_history(layout, old_pem, later_pem))
+    assert code == 0 and report["problems"] == [], report
+
+
+def test_f8_a_signer_outside_the_history_or_a_history_from_another_ca_is_flagged(
+    layout: Layout,
+) -> None:
+    _, new_pem = _issue(NOW - timedelta(hours=1))
+    code, report = _verify(layout.run, "--ca", layout.ca, *_history(layout, new_pem))
+    assert code == 1 and any("not among the server certificates" in p for p in report["problems"])
+    other = make_authority("another CA")
+    _, foreign_pem = _issue(NOW - timedelta(hours=1), ca=(other.ca_key, other.ca_cert))
+    history = _history(layout, AUTHORITY.server_cert_pem, foreign_pem)
+    code, report = _verify(layout.run, "--ca", layout.ca, *history)
+    assert code == 1 and any("not issued by the CA" in p for p in report["problems"]), report
+    code, output = _invoke("verify", layout.run, *history)
+    assert code == 2 and "--server-cert needs --ca" in output
+
+
+def test_f8_a_site_key_replaced_before_the_run_ended_no_longer_countersigns(
+    layout: Layout,
+) -> None:
+    """site-a replaced its key (`site register --replace`) before the run ended; a
+    countersignature with its old key (stolen, say) must not count. Before the fix a
+    site could be given one key only."""
+    old_private, old_public = layout.keys["site-a"]
+    new_public = layout.keys["site-b"][1]  # stands in for site-a's new key
+    code, output = _invoke(
+        "countersign", layout.provenance, "--site-key", old_private, "--site", "site-a"
+    )
+    assert code == 0, output
+    finished = datetime.fromisoformat(
+        json.loads(layout.provenance.read_text())["provenance"]["finished_at"]
+    )
+    for replaced, expected in (
+        (finished - timedelta(hours=1), 1),
+        (finished + timedelta(hours=1), 0),
+    ):
+        keys = [
+            "--site-key",
+            f"site-a={old_public}",
+            "--site-key",
+            f"site-a={new_public}@{replaced.isoformat()}",
+        ]
+        code, report = _verify(layout.run, "--ca", layout.ca, *keys)
+        assert code == expected, report
+    assert any(
+        "a replaced key no longer signs" in p
+        for p in _verify(
+            layout.run,
+            "--ca",
+            layout.ca,
+            "--site-key",
+            f"site-a={old_public}",
+            "--site-key",
+            f"site-a={new_public}@{(finished - timedelta(hours=1)).isoformat()}",
+        )[1]["problems"]
+    )
+    code, output = _invoke(
+        "verify",
+        layout.run,
+        "--site-key",
+        f"site-a={old_public}",
+        "--site-key",
+        f"site-a={new_public}",
+    )
+    assert code == 2 and "@SINCE" in output

@@ -158,11 +158,23 @@ def _run(**training: object) -> RunSettings:
 # -- the plan is the training that follows ---------------------------------------------------
 
 
-@pytest.mark.parametrize("previous_rounds", [0, 1])
-def test_plan_equals_the_dp_training_that_follows(tmp_path: Path, previous_rounds: int) -> None:
+#: A DP recipe: virtual batches of 16 in micro-batches of 4 rows, 2 augmented copies per
+#: example, EMA, SGD at its own rate.
+RECIPE = (
+    "recipe = { batch_size = 16, physical_batch_size = 4, augmentation_multiplicity = 2, "
+    'ema_decay = 0.9, optimizer = "sgd", learning_rate = 0.5 }'
+)
+
+
+@pytest.mark.parametrize(("previous_rounds", "recipe"), [(0, ""), (1, ""), (1, RECIPE)])
+def test_plan_equals_the_dp_training_that_follows(
+    tmp_path: Path, previous_rounds: int, recipe: str
+) -> None:
     """Plan through the site's own data set and ledger, then train every round of the
-    study through the node's gate and Opacus: same sigma, q, steps and epsilon."""
-    run_path = _run_toml(tmp_path, rounds=2, epochs=2, batch=8)
+    study through the node's gate and Opacus: same sigma, q, steps and epsilon (also with
+    virtual batches, augmentation multiplicity and EMA: the recipe's logical batch sets q)."""
+    privacy = "target_epsilon = 6.0\n" + recipe
+    run_path = _run_toml(tmp_path, rounds=2, epochs=2, batch=8, privacy=privacy)
     site_path = _site_toml(tmp_path, cases=40)
     run, site = load_run_settings(run_path), load_site_settings(site_path)
     dataset = SiteDataset.open(site.data.path, cache_dir=site.cache_dir)
@@ -218,6 +230,8 @@ def test_plan_equals_the_dp_training_that_follows(tmp_path: Path, previous_round
     assert plan.budget_left == pytest.approx(50.0 - entries[-1].epsilon, rel=1e-9)
     expected_batch = len(data) * spend.sample_rate
     assert plan.noise_per_coordinate == pytest.approx(plan.noise_multiplier / expected_batch)
+    assert plan.batch_size == (16 if recipe else 8)
+    assert plan.sample_rate == 1.0 / math.ceil(len(data) / plan.batch_size)
 
 
 def test_rounds_within_the_lifetime_limit_are_those_the_node_trains(tmp_path: Path) -> None:

@@ -84,19 +84,25 @@ def test_pneumoniamnist_sites(tmp_path: Path) -> None:
 def test_hippocampus_sites(tmp_path: Path) -> None:
     _needs("hippocampus")
     sites = _open_sites("hippocampus", tmp_path)
+    # the public split (warm starts, issue 18): the first 48 positions less the held-out's
+    sites["public"] = SiteDataset.open(
+        REAL / "manifests" / "hippocampus-public.toml", cache_dir=tmp_path
+    )
     ids = {name: {case.id for case in site.cases} for name, site in sites.items()}
     assert sum(len(v) for v in ids.values()) == 208
     assert len(set().union(*ids.values())) == 208  # disjoint and complete
+    sizes = {"a": 40, "b": 40, "c": 40, "holdout": 52, "public": 36}
     means = {}
     for name, site in sites.items():
         report = site.check()  # reads every volume and, with a cache folder, caches them
         assert report.usable and report.summary.failed == 0, report.reasons
-        assert report.summary.passed == len(ids[name]) == 52
-        assert set(report.summary.per_split) == {"train", "val", "test"}
+        assert report.summary.passed == len(ids[name]) == sizes[name]
+        splits = {"train"} if name == "public" else {"train", "val", "test"}
+        assert set(report.summary.per_split) == splits
         data = site.load(Task.SEGMENTATION, ("train", "val", "test"))
-        assert data.images.shape == (52, 1, 40, 56, 40)
-        assert data.targets.shape == (52, 40, 56, 40)
+        assert data.images.shape == (sizes[name], 1, 40, 56, 40)
+        assert data.targets.shape == (sizes[name], 40, 56, 40)
         assert set(np.unique(data.targets)) == {0, 1, 2}
         means[name] = float(data.images.mean())
-        assert site.cases_read == 52  # check filled the cache in tmp_path; load used it
-    assert len({round(m, 3) for m in means.values()}) == 4
+        assert site.cases_read == sizes[name]  # check filled the cache; load used it
+    assert len({round(m, 3) for m in means.values()}) == 5

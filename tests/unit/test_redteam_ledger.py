@@ -123,7 +123,7 @@ def _run_records(north: Site, replies: list[Message], run_dir: Path, fingerprint
     privacy = RunPrivacy(north.settings)
     privacy.add_site("north", SitePrivacy(fingerprint, 10.0, 1e-5, 0.0))
     server_site = ServerSite(NODE, "north", Role.TRAIN, TRAIN_CASES, 4, fingerprint)
-    folder.results["sites"] = [asdict(server_site) | {"role": server_site.role.value}]
+    folder.stage(sites=[asdict(server_site) | {"role": server_site.role.value}])
     for round_number, reply in enumerate(replies, start=1):
         update = accept_update(server_site, reply, north.weights, privacy, dp=True)
         assert update.privacy is not None and update.ledger_head is not None
@@ -133,9 +133,8 @@ def _run_records(north: Site, replies: list[Message], run_dir: Path, fingerprint
             privacy={"north": update.privacy},
             ledger_heads={"north": update.ledger_head},
         )
-        folder.results["ledger_heads"] = {"north": update.ledger_head}
-    folder.results["privacy"] = privacy.section()
-    folder.save()
+        folder.add_ledger_heads({"north": update.ledger_head})
+    folder.update(privacy=privacy.section())
 
 
 def _audited(run_dir: Path, ledger: Path) -> set[str]:
@@ -201,7 +200,7 @@ def test_f9_the_provenance_names_each_participant_s_ledger_head(site: Path, tmp_
     run_dir = tmp_path / "runs" / "run-a"
     _run_records(north, replies, run_dir, path.stem)
     folder = RunFolder(run_dir, {}, results=json.loads((run_dir / "results.json").read_text()))
-    folder.results |= {"started_at": "2026-12-07T00:00:00Z", "status": "completed"}
+    folder.stage(started_at="2026-12-07T00:00:00Z", status="completed")
     provenance = build_provenance(folder, north.settings, RunIdentity.of(north.settings))
     [participant] = provenance.participants
     assert participant["ledger_head"] == {

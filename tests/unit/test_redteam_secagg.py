@@ -10,7 +10,8 @@ them.
   the server never started a session; a session, once started, is remembered on disk
   across a node restart.
 - F2: a session of one real site and server-run nodes (unsigned, or signed with keys the
-  roster does not list) is refused before the site masks anything.
+  roster does not list) is refused before the site masks anything; in mode "on" a site
+  joins no session at all without a roster of at least two training sites.
 - F1: re-running a round in a new session with one site fewer does not reveal that site:
   the others sit the round out (recorded on disk, also across a node restart).
 - F12: a session naming far more sites than the roster is refused before any graph is
@@ -345,6 +346,52 @@ def test_f2_mode_on_a_single_fake_node_is_refused(tmp_path: Path) -> None:
     total = study.secure_round(study.aggregator(), 1, [1, 901], vectors)
     assert not _close(total, vectors[1]), "the server recovered site a's update"
     assert "not signed by a site of the study's roster" in study.refusals[1]
+
+
+def test_f2_mode_on_without_a_roster_joins_no_session_with_a_fake_node(tmp_path: Path) -> None:
+    """No roster, mode "on": nothing the site approved names the other sites, so a
+    server-run node beside a cannot be told apart; a session of a and one fake node
+    revealed a's update. The site now joins no session, and sends no plain update."""
+    study = Study(
+        tmp_path, ["a"], real=["a"], secure_aggregation=SecureAggregationSettings(mode="on")
+    )
+    vectors = _vectors([1])
+    total = study.secure_round(study.aggregator(), 1, [1, 901], vectors)
+    assert not _close(total, vectors[1]), "the server recovered site a's update"
+    assert "without a roster of at least 2" in study.refusals[1]
+    plain = approval_mod(_plain_train(study.settings), study.contexts[1], _handled)
+    assert plain.has_error() and "no downgrade of secure aggregation" in str(plain.error.reason)
+
+
+def test_f2_mode_on_with_a_roster_of_one_trainer_joins_no_session(tmp_path: Path) -> None:
+    study = Study(
+        tmp_path,
+        ["a", "b"],
+        roster=["a"],
+        real=["a"],
+        min_sites=1,
+        secure_aggregation=SecureAggregationSettings(mode="on"),
+    )
+    study.forge_as = {901: "a"}  # even signing as a roster site does not help
+    total = study.secure_round(study.aggregator(), 1, [1, 901], _vectors([1]))
+    assert total is None and "session refused" in study.refusals[1]
+    from consortia.common.secure_aggregation.roster import roster_refusal  # new with the fix
+
+    assert "1 training site(s) in its roster" in str(roster_refusal(study.settings))
+
+
+def test_f2_auto_without_a_roster_still_aggregates_and_says_it_is_unchecked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mode "auto" without a roster: the session still hides each update from a server
+    that follows the protocol (one that does not could ask for plain updates instead,
+    F6), so the sites take part, and each says in its log that nobody was checked."""
+    study = Study(tmp_path, ["a", "b", "c"])
+    vectors = _vectors([1, 2, 3])
+    with caplog.at_level("WARNING", logger="consortia.client"):
+        total = study.secure_round(study.aggregator(), 1, [1, 2, 3], vectors)
+    assert _close(total, _sum(vectors, (1, 2, 3))) and not study.refusals
+    assert sum("without a roster" in r.getMessage() for r in caplog.records) == 3
 
 
 def test_f2_signed_roster_sites_aggregate_and_count_distinct_members(tmp_path: Path) -> None:

@@ -255,7 +255,7 @@ def _secure_setup(north: Site, vector_size: int) -> dict[str, Any]:
 
 
 def test_f13_a_secure_round_of_the_wrong_vector_size_spends_no_budget(site: Path) -> None:
-    north = Site(site, _settings(secure_aggregation={"mode": "on"}))
+    north = Site(site, _settings(secure_aggregation={"mode": "auto"}))  # "on" needs a roster
     records = _secure_setup(north, vector_size=10)  # the model's update is far longer
     msg = north.train_message(1, records=records, secure=True, weight_norm=float(TRAIN_CASES))
     code, reason = _error(north.send(msg))
@@ -265,7 +265,7 @@ def test_f13_a_secure_round_of_the_wrong_vector_size_spends_no_budget(site: Path
 
 @pytest.mark.parametrize("weight_norm", [float("nan"), float("inf")])
 def test_f13_a_non_finite_weight_norm_spends_no_budget(site: Path, weight_norm: float) -> None:
-    north = Site(site, _settings(secure_aggregation={"mode": "on"}))
+    north = Site(site, _settings(secure_aggregation={"mode": "auto"}))  # "on" needs a roster
     records = _secure_setup(north, vector_size=north.layout.size + 1)
     msg = north.train_message(1, records=records, secure=True, weight_norm=weight_norm)
     code, reason = _error(north.send(msg))

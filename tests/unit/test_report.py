@@ -161,7 +161,7 @@ def test_report_page_renders_in_chromium(tmp_path: Path) -> None:
 
     page = render_page(out / REPORT_HTML)
     cross = page.tables["cross-site"]
-    assert cross[0][:4] == ["evaluated on", "role", "cases", "dice"]
+    assert cross[0][:4] == ["evaluated on", "role", "cases", "dice (0-1)"]
     rows = {row[0]: row for row in cross[1:]}
     assert rows["held-out sites (pooled)"][3] == "0.500 [0.410, 0.580]"
     assert rows["south"][3] == "0.400"  # no interval sent: none shown

@@ -13,7 +13,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from consortia.client.secure_aggregation.handlers import secagg_keys
 from consortia.common.config.security_settings import SecureAggregationSettings
-from consortia.common.config.settings import RunSettings
+from consortia.common.config.settings import RosterEntry, RunSettings
 from consortia.common.secure_aggregation.config import SecAggConfig, SecAggError
 from consortia.common.secure_aggregation.wire import decode_public_keys
 from consortia.common.wire import records as rk
@@ -29,7 +29,9 @@ def _task_identity() -> Iterator[None]:
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
 
 
-SETTINGS = RunSettings(secure_aggregation=SecureAggregationSettings(mode="on"))
+# Mode "on" needs a roster of at least two training sites (red-team F2, `roster_refusal`).
+ROSTER = tuple(RosterEntry(name=f"s{i}", fingerprint=f"SHA256:{i:A>43}") for i in range(1, 7))
+SETTINGS = RunSettings(sites=ROSTER, secure_aggregation=SecureAggregationSettings(mode="on"))
 
 
 def _keys_message(config: SecAggConfig) -> Message:

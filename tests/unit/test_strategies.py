@@ -463,3 +463,27 @@ def test_run_config_strategy_table(tmp_path: Path) -> None:
     config.write_text('[run.strategy]\nname = "krum"\n[run.secure_aggregation]\nmode = "on"\n')
     with pytest.raises(ConfigError, match="krum"):
         load_run_settings(config)
+
+
+def test_fedavgm_keeps_a_velocity_across_rounds_and_resumes_it() -> None:
+    """FedAvgM (Hsu et al. 2019): v = momentum * v + (mean - global), global += eta * v;
+    the default server step is 1.0 (FedAdam's 0.01 would barely move the model)."""
+    settings = StrategySettings(name="fedavgm", server_momentum=0.5)
+    assert settings.server_rate == 1.0
+    assert StrategySettings(name="fedadam").server_rate == 0.01
+    strategy = build_strategy(settings)
+    start = np.zeros(4, dtype=np.float32)
+    one = strategy.aggregate(start, _updates([_f32([1, 1, 1, 1])[0], _f32([3, 3, 3, 3])[0]]))
+    np.testing.assert_allclose(one.weights, [2, 2, 2, 2])  # v = 2: FedAvg's first step
+    saved = strategy.state_dict()
+    two = strategy.aggregate(one.weights, _updates([_f32([2, 2, 2, 2])[0]] * 2))
+    # The mean equals the global model, yet the velocity carries on: v = 0.5 * 2 + 0.
+    np.testing.assert_allclose(two.weights, [3, 3, 3, 3])
+    resumed = build_strategy(settings)
+    resumed.load_state_dict(saved, vector_size=4)
+    again = resumed.aggregate(one.weights, _updates([_f32([2, 2, 2, 2])[0]] * 2))
+    np.testing.assert_array_equal(again.weights, two.weights)
+    with pytest.raises(StrategyStateError, match="beta_1"):
+        build_strategy(StrategySettings(name="fedavgm", server_momentum=0.7)).load_state_dict(
+            saved, vector_size=4
+        )

@@ -12,6 +12,7 @@ The modules, one concept each:
 - ``labels``: Read a DICOM SEG (with highdicom) as an integer label map on its image series'
   grid.
 - ``phi``: PHI guard: find identifying DICOM attributes before a node trains on a data set.
+- ``rtstruct``: Read a DICOM RTSTRUCT as an integer label map on its image series' grid.
 - ``series``: Read a DICOM series (CT, MR, ...) into an ImageVolume, with the checks a site
   needs.
 """
@@ -126,11 +127,26 @@ if TYPE_CHECKING:
     from consortia.client.data.dicom.phi import (
         is_deidentified as is_deidentified,
     )
+    from consortia.client.data.dicom.rtstruct import (
+        read_rtstruct_label as read_rtstruct_label,
+    )
+    from consortia.client.data.dicom.rtstruct import (
+        referenced_series_uids as referenced_series_uids,
+    )
+    from consortia.client.data.dicom.rtstruct import (
+        roi_names as roi_names,
+    )
+    from consortia.client.data.dicom.series import (
+        ANNOTATION_MODALITIES as ANNOTATION_MODALITIES,
+    )
     from consortia.client.data.dicom.series import (
         DicomScan as DicomScan,
     )
     from consortia.client.data.dicom.series import (
         DicomSeries as DicomSeries,
+    )
+    from consortia.client.data.dicom.series import (
+        combined_problem as combined_problem,
     )
     from consortia.client.data.dicom.series import (
         read_dicom_folder as read_dicom_folder,
@@ -143,6 +159,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "ANNOTATION_MODALITIES",
     "BASIC_PROFILE",
     "BASIC_PROFILE_CODE",
     "CODECS_HINT",
@@ -161,6 +178,7 @@ __all__ = [
     "attribute_name",
     "check_dicom_folder",
     "check_pixel_data",
+    "combined_problem",
     "deidentify_dataset",
     "deidentify_tree",
     "dummy_value",
@@ -177,7 +195,10 @@ __all__ = [
     "profile_action",
     "read_dicom_folder",
     "read_dicom_series",
+    "read_rtstruct_label",
     "read_seg_label",
+    "referenced_series_uids",
+    "roi_names",
     "scan_dicom_folder",
     "step_for",
     "tag_text",
@@ -186,6 +207,7 @@ __all__ = [
 ]
 
 _EXPORTS = {
+    "ANNOTATION_MODALITIES": "series",
     "BASIC_PROFILE": "confidentiality_profile",
     "BASIC_PROFILE_CODE": "confidentiality_profile",
     "CODECS_HINT": "checks",
@@ -204,6 +226,7 @@ _EXPORTS = {
     "attribute_name": "confidentiality_profile",
     "check_dicom_folder": "folder_check",
     "check_pixel_data": "checks",
+    "combined_problem": "series",
     "deidentify_dataset": "deidentify",
     "deidentify_tree": "deidentify",
     "dummy_value": "confidentiality_profile",
@@ -220,7 +243,10 @@ _EXPORTS = {
     "profile_action": "confidentiality_profile",
     "read_dicom_folder": "series",
     "read_dicom_series": "series",
+    "read_rtstruct_label": "rtstruct",
     "read_seg_label": "labels",
+    "referenced_series_uids": "rtstruct",
+    "roi_names": "rtstruct",
     "scan_dicom_folder": "series",
     "step_for": "confidentiality_profile",
     "tag_text": "confidentiality_profile",

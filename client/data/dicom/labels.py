@@ -1,5 +1,8 @@
 """Read a DICOM SEG (with highdicom) as an integer label map on its image series' grid.
 
+A manifest's `seg` label may also name an RTSTRUCT; it is read by
+`consortia.client.data.dicom.rtstruct`.
+
 The label value of a voxel is the number of the segment that covers it (0: none).
 SEG frames are put on the series' slices through the SOP Instance UIDs they reference
 (single-frame series whose SEG preserves spatial locations); otherwise, e.g. for a
@@ -15,8 +18,10 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom
 from pydicom.errors import InvalidDicomError
 
+from consortia.client.data.dicom.rtstruct import read_rtstruct_label
 from consortia.client.data.dicom.series import DicomSeries
 from consortia.client.data.formats.geometry import align_to_grid
 from consortia.client.data.formats.volume import CaseProblem
@@ -61,9 +66,19 @@ def _by_source_instances(
     return labels
 
 
+def _modality(path: Path) -> str:
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality") or "")
+    except Exception:  # reported by the reader that follows
+        return ""
+
+
 def read_seg_label(path: Path, series: DicomSeries) -> np.ndarray:
-    """The DICOM SEG at ``path`` as an int64 label map of ``series.volume.spatial_shape``
-    (segment number = label value), or CaseProblem(path, reason)."""
+    """The DICOM SEG (or RTSTRUCT, read by `read_rtstruct_label`: a manifest's `seg` may
+    name either) at ``path`` as an int64 label map of ``series.volume.spatial_shape``
+    (segment number, or ROINumber, = label value), or CaseProblem(path, reason)."""
+    if _modality(path) == "RTSTRUCT":
+        return read_rtstruct_label(path, series)
     seg = _read_seg(path)
     if seg.get("Modality") != "SEG":
         raise CaseProblem(str(path), "not a DICOM SEG")

@@ -39,8 +39,10 @@ from consortia.client.data.formats.geometry import stack_geometry
 from consortia.client.data.formats.volume import CaseProblem, ImageVolume
 
 __all__ = [
+    "ANNOTATION_MODALITIES",
     "DicomScan",
     "DicomSeries",
+    "combined_problem",
     "missing_codec",
     "read_dicom_folder",
     "read_dicom_series",
@@ -50,6 +52,9 @@ __all__ = [
 _log = logging.getLogger("consortia.client.data.dicom.series")
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+ANNOTATION_MODALITIES = frozenset({"SEG", "RTSTRUCT", "SR", "KO", "PR", "REG", "RTPLAN"})
+"""Modalities of objects that annotate a series rather than hold its images: a folder
+scan sets them apart, so that a series and its SEG or RTSTRUCT may share a folder."""
 _PIXEL_SPACING_TOLERANCE = 1e-3  # relative
 
 
@@ -70,6 +75,23 @@ class DicomScan:
 
     series: tuple[tuple[str, tuple[Path, ...]], ...]
     problems: tuple[CaseProblem, ...]
+    annotations: tuple[Path, ...] = ()
+
+
+def combined_problem(problems: Sequence[CaseProblem], folder: Path) -> CaseProblem:
+    """One CaseProblem for several broken files: the only one as it is, else one naming
+    every file (relative to ``folder``) with its reason, one per line."""
+    if len(problems) == 1:
+        return problems[0]
+
+    def name(path: str) -> str:
+        try:
+            return str(Path(path).relative_to(folder))
+        except ValueError:
+            return Path(path).name
+
+    lines = "\n".join(f"{name(p.path)}: {p.reason}" for p in problems)
+    return CaseProblem(str(folder), f"{len(problems)} broken files:\n{lines}")
 
 
 def _read(path: Path, *, headers_only: bool) -> Dataset:
@@ -95,6 +117,7 @@ def scan_dicom_folder(folder: Path) -> DicomScan:
         raise CaseProblem(str(folder), "not a folder")
     groups: dict[str, list[Path]] = defaultdict(list)
     problems: list[CaseProblem] = []
+    annotations: list[Path] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
@@ -105,6 +128,9 @@ def scan_dicom_folder(folder: Path) -> DicomScan:
             continue
         meta = getattr(ds, "file_meta", None)
         if meta is not None and meta.get("MediaStorageSOPClassUID") == _DICOMDIR_CLASS:
+            continue
+        if str(ds.get("Modality") or "").upper() in ANNOTATION_MODALITIES:
+            annotations.append(path)
             continue
         series_uid = ds.get("SeriesInstanceUID")
         if not series_uid:
@@ -122,7 +148,7 @@ def scan_dicom_folder(folder: Path) -> DicomScan:
     _log.debug(
         "found %d series and %d problem file(s) under %s", len(series), len(problems), folder
     )
-    return DicomScan(series=tuple(series), problems=tuple(problems))
+    return DicomScan(series=tuple(series), problems=tuple(problems), annotations=tuple(annotations))
 
 
 def read_dicom_folder(folder: Path, *, modalities: Collection[str] | None = None) -> DicomSeries:
@@ -130,14 +156,13 @@ def read_dicom_folder(folder: Path, *, modalities: Collection[str] | None = None
     CaseProblem."""
     scan = scan_dicom_folder(folder)
     if scan.problems:
-        first = scan.problems[0]
-        more = len(scan.problems) - 1
-        reason = first.reason + (
-            f" (and {more} more problem file(s) under the folder)" if more else ""
-        )
-        raise CaseProblem(first.path, reason)
+        raise combined_problem(scan.problems, folder)
     if len(scan.series) != 1:
-        raise CaseProblem(str(folder), f"expected one DICOM series, found {len(scan.series)}")
+        raise CaseProblem(
+            str(folder),
+            f"expected one DICOM series, found {len(scan.series)} (mixed series in one "
+            "folder: export one series per folder, or run `consortia data init`)",
+        )
     return read_dicom_series(scan.series[0][1], modalities=modalities)
 
 
@@ -189,8 +214,14 @@ def _fill(
     slot = np.empty(count, dtype=np.int64)
     slot[list(order)] = np.arange(count)
     index = 0
+    problems: list[CaseProblem] = []
     for ds, path, syntax, frames in zip(datasets, paths, syntaxes, frames_per_file, strict=True):
-        pixels = _decode(ds, path, syntax, len(frames))
+        try:
+            pixels = _decode(ds, path, syntax, len(frames))
+        except CaseProblem as problem:
+            problems.append(problem)
+            index += len(frames)
+            continue
         rescale = channels == 1 and not ds.get("ModalityLUTSequence")
         for k, frame in enumerate(frames):
             target = out[:, slot[index]]
@@ -203,10 +234,12 @@ def _fill(
                 if rescale and frame.intercept != 0.0:
                     target += np.float32(frame.intercept)
             index += 1
+    if problems:
+        raise combined_problem(problems, paths[0].parent)
     return out
 
 
-def _check_modality(ds: Dataset, path: Path, modalities: Collection[str] | None) -> None:
+def _modality_problem(ds: Dataset, path: Path, modalities: Collection[str] | None) -> None:
     if modalities is None:
         return
     wanted = {m.upper() for m in modalities}
@@ -216,40 +249,56 @@ def _check_modality(ds: Dataset, path: Path, modalities: Collection[str] | None)
         )
 
 
-def _same_shape(datasets: Sequence[Dataset], paths: Sequence[Path]) -> None:
-    def shape(ds: Dataset) -> tuple[int, int, int]:
-        return (
-            int(ds.get("Rows") or 0),
-            int(ds.get("Columns") or 0),
-            3 if _is_colour(ds) else 1,
+def _shape(ds: Dataset) -> tuple[int, int, int]:
+    return int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), 3 if _is_colour(ds) else 1
+
+
+def _shape_problem(ds: Dataset, path: Path, first: tuple[int, int, int]) -> None:
+    rows, columns, channels = _shape(ds)
+    if (rows, columns) != first[:2]:
+        raise CaseProblem(
+            str(path),
+            f"image size {rows}x{columns} differs from {first[0]}x{first[1]} "
+            "of the first file of the series",
         )
-
-    first = shape(datasets[0])
-    for ds, path in zip(datasets, paths, strict=True):
-        rows, columns, channels = shape(ds)
-        if (rows, columns) != first[:2]:
-            raise CaseProblem(
-                str(path),
-                f"image size {rows}x{columns} differs from {first[0]}x{first[1]} "
-                "of the first file of the series",
-            )
-        if channels != first[2]:
-            raise CaseProblem(str(path), "colour and grey images are mixed within the series")
+    if channels != first[2]:
+        raise CaseProblem(str(path), "colour and grey images are mixed within the series")
 
 
-def _series_uid(
-    datasets: Sequence[Dataset], paths: Sequence[Path], modalities: Collection[str] | None
-) -> str:
-    """The one SeriesInstanceUID of the files, once they are checked to hold one series of
-    an accepted modality with images of one size and kind."""
+def _checked_datasets(paths: Sequence[Path], modalities: Collection[str] | None) -> list[Dataset]:
+    """Every file read and checked (readable, an accepted modality, the first file's image
+    size and kind, pixel data present, decodable here and complete); a CaseProblem names
+    every broken file of the series, not only the first."""
+    datasets: list[Dataset] = []
+    problems: list[CaseProblem] = []
+    first: tuple[int, int, int] | None = None
+    for path in paths:
+        try:
+            ds = _read(path, headers_only=False)
+        except CaseProblem as problem:
+            problems.append(problem)
+            continue
+        datasets.append(ds)
+        try:
+            _modality_problem(ds, path, modalities)
+            if "PixelData" in ds:
+                first = first or _shape(ds)
+                _shape_problem(ds, path, first)
+            check_pixel_data(ds, path)
+        except CaseProblem as problem:
+            problems.append(problem)
+    if problems:
+        raise combined_problem(problems, paths[0].parent)
+    return datasets
+
+
+def _series_uid(datasets: Sequence[Dataset], paths: Sequence[Path]) -> str:
+    """The one SeriesInstanceUID of the files."""
     series_uids = {str(ds.get("SeriesInstanceUID") or "") for ds in datasets}
     if len(series_uids) != 1 or "" in series_uids:
         raise CaseProblem(
             str(paths[0].parent), f"the files belong to {len(series_uids)} series, expected one"
         )
-    for ds, path in zip(datasets, paths, strict=True):
-        _check_modality(ds, path, modalities)
-    _same_shape(datasets, paths)
     return next(iter(series_uids))
 
 
@@ -302,8 +351,8 @@ def read_dicom_series(
     paths = [Path(f) for f in files]
     if not paths:
         raise CaseProblem("(no files)", "no DICOM files given")
-    datasets = [_read(path, headers_only=False) for path in paths]
-    series_uid = _series_uid(datasets, paths, modalities)
+    datasets = _checked_datasets(paths, modalities)
+    series_uid = _series_uid(datasets, paths)
     frames_per_file, names, pixel_spacing = _series_frames(datasets, paths)
     frames = [frame for per_file in frames_per_file for frame in per_file]
     stack = stack_geometry(
