@@ -155,6 +155,8 @@ class RoundRecipe:
     augment: bool = False
     flip_axes: tuple[int, ...] = ()
     class_weights: str = "none"
+    # `[run.training] dice`: the Dice term over the whole batch (runs without DP only).
+    batch_dice: bool = False
     # The approved `[run.plan]`: patch training and spatial augmentation (None: whole images).
     plan: PlanSettings | None = None
 
@@ -189,6 +191,7 @@ class RoundRecipe:
             augment=training.augment,
             flip_axes=tuple(training.flip_axes),
             class_weights=training.class_weights,
+            batch_dice=training.dice == "batch",
             plan=plan,
         )
 
@@ -205,12 +208,12 @@ class RoundRecipe:
         )
 
     def loss(self, task: Task, data: SiteArrays) -> nn.Module:
-        """The round's loss (training without DP): `loss_function(task)` with the Dice
-        term over the whole batch, class-weighted by the site's own training labels with
-        `class_weights = "balanced"` (the weights never leave the site)."""
+        """The round's loss (training without DP): `loss_function(task)`, with the Dice
+        term over the whole batch for `dice = "batch"`, class-weighted by the site's own
+        training labels with `class_weights = "balanced"` (the weights never leave the site)."""
         if task is Task.CLASSIFICATION and self.class_weights == "balanced":
             return class_weighted_loss(data.targets)
-        return loss_function(task, batch_dice=True)
+        return loss_function(task, batch_dice=self.batch_dice)
 
     def build(self, model: nn.Module) -> torch.optim.Optimizer:
         """A fresh optimiser over `model`'s parameters at the round's first rate."""

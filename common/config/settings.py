@@ -144,6 +144,10 @@ class TrainingSettings(_Strict):
     # Classification: "balanced" weighs each class n / (k * n_c) by the site's own label
     # counts, which stay at the site (consortia.client.training.classification_recipe).
     class_weights: Literal["none", "balanced"] = "none"
+    # Segmentation: the Dice term per case ("per_case", what DP-SGD needs) or over the whole
+    # batch ("batch": a case without foreground still pulls false positives down; it
+    # couples the examples of a batch, so it needs a run without DP).
+    dice: Literal["per_case", "batch"] = "per_case"
 
     @model_validator(mode="after")
     def _sgd_options(self) -> TrainingSettings:
@@ -263,6 +267,12 @@ class RunSettings(_Strict):
                 'training.class_weights = "balanced" cannot combine with [run.privacy]: weights '
                 "from the site's label counts make each example's loss depend on the others, "
                 'which the DP-SGD accounting does not cover (set class_weights = "none")'
+            )
+        if self.training.dice == "batch" and self.privacy.enabled:
+            raise ValueError(
+                'training.dice = "batch" cannot combine with [run.privacy]: a batch Dice '
+                "makes each example's gradient depend on the others, which per-example "
+                'clipping cannot bound (set dice = "per_case")'
             )
         return self
 

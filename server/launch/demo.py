@@ -95,6 +95,7 @@ def _demo_training(options: DemoOptions) -> TrainingSettings:
         momentum=0.9,
         schedule="poly",
         augment=True,
+        dice="batch" if options.task is Task.SEGMENTATION else "per_case",
     )
 
 

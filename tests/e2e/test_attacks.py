@@ -152,7 +152,9 @@ def test_robust_strategies_withstand_one_malicious_site(tmp_path: Path) -> None:
     assert all(ATTACKER not in kept for kept in kept_sites(flipped))
     # Every other site's update is used: in the FedAvg runs the attacker's too.
     assert all(ATTACKER in kept for kept in kept_sites(contrast))
+    # Withstanding the attack: the robust run learns at least as well as clean FedAvg
+    # (within 2 points); doing better than FedAvg is no failure.
     for attacked in ("flip", "x100"):
-        assert abs(dice[attacked] - dice["clean"]) <= 0.02, dice
+        assert dice[attacked] >= dice["clean"] - 0.02, dice
     # FedAvg averages the x100 update in: the model is ruined.
     assert dice["x100-fedavg"] < dice["clean"] - 0.25, dice

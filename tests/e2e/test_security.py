@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from consortia.common.config.roster import site_fingerprint
-from consortia.common.config.settings import load_site_settings
 from consortia.common.crypto.pki import create_ca
-from tests.support.builders import NO_DP, TomlTable, run_toml, site_toml
+from tests.support.builders import NO_DP, roster_of, run_toml, site_toml
 from tests.support.cli import consortia, output_of
 from tests.support.cli_federation import CliFederation
 from tests.support.federation import SiteSpec, start_federation, write_site_configs
@@ -90,17 +88,6 @@ def test_tls_node_refuses_a_plaintext_server(tmp_path: Path, secured_server: Cli
         assert "does not speak TLS" in output_of(result)
 
 
-def _roster(configs: list[Path]) -> list[TomlTable]:
-    """`[[run.sites]]` tables listing these sites with their keys' fingerprints."""
-    tables: list[TomlTable] = []
-    for config in configs:
-        site = load_site_settings(config)
-        fingerprint = site_fingerprint(site.node.key)
-        assert fingerprint is not None, config
-        tables.append({"name": site.site.name, "fingerprint": fingerprint, "role": "train"})
-    return tables
-
-
 def _records(config: Path) -> list[str]:
     """The lines of a site's node audit log."""
     return (config.parent / "state" / "audit.jsonl").read_text().splitlines()
@@ -124,7 +111,7 @@ def test_unapproved_site_is_left_out_and_unlisted_site_never_asked(
         training={"batch_size": 8},
         privacy=NO_DP,
         secure_aggregation={"mode": "off"},
-        sites=_roster([*approving, refusing]),
+        sites=roster_of([*approving, refusing]),
     )
     results = federation.run("unapproved", config, approved_by=[*approving, unlisted])
     assert results["status"] == "completed"

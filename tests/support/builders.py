@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, TypeAlias
 
+from consortia.common.config.roster import site_fingerprint
+from consortia.common.config.settings import load_site_settings
 from consortia.common.demo.data import DemoDataSettings, write_site_npz
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "TomlTable",
     "TomlValue",
     "demo_data",
+    "roster_of",
     "run_toml",
     "site_toml",
     "toml_table",
@@ -94,6 +97,19 @@ def run_toml(
     parts += [toml_table(f"run.{key}", t) for key, t in sections.items() if t is not None]
     parts += [toml_table("run.sites", site, array=True) for site in sites]
     return "".join(parts)
+
+
+def roster_of(configs: Sequence[Path]) -> list[TomlTable]:
+    """`[[run.sites]]` tables listing the sites of these site configs, as training sites,
+    with their keys' fingerprints."""
+    tables: list[TomlTable] = []
+    for config in configs:
+        site = load_site_settings(config)
+        fingerprint = site_fingerprint(site.node.key)
+        if fingerprint is None:
+            raise ValueError(f"{config}: the site has no key")
+        tables.append({"name": site.site.name, "fingerprint": fingerprint, "role": "train"})
+    return tables
 
 
 def site_toml(
