@@ -24,7 +24,7 @@ size, an update norm above ``max_update_norm``, or far above the other sites' no
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -47,17 +47,7 @@ StrategyName = Literal[
     "krum",
     "multi_krum",
 ]
-STRATEGY_NAMES: tuple[str, ...] = (
-    "fedavg",
-    "fedprox",
-    "fedadam",
-    "fedyogi",
-    "fedavgm",
-    "median",
-    "trimmed_mean",
-    "krum",
-    "multi_krum",
-)
+STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 LINEAR_STRATEGIES: frozenset[str] = frozenset(
     {"fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm"}
 )
